@@ -1,0 +1,127 @@
+"""Image reading with clear errors, and atomic writes (an interrupted run never leaves half a file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from bloodsmear.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(root: Path, *, include_hidden: bool = True) -> list[Path]:
+    """Image files below `root`, sorted; hidden files are listed too so callers can report them."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    out = [p for p in root.rglob("*") if p.is_file() and is_image_file(p)]
+    if not include_hidden:
+        out = [p for p in out if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(out)
+
+
+def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
+    """Read an 8-bit colour image as an RGB uint8 array (H, W, 3).
+
+    Raises `InputError` naming the file for: a missing or empty file, bytes that are not a decodable
+    image, a truncated JPEG, a grayscale image (unless `allow_gray`), an RGBA image, a 16-bit image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise InputError(path, "empty file")
+    if path.suffix.lower() in (".jpg", ".jpeg") and data[:2].tobytes() == b"\xff\xd8":
+        tail = data[-64:].tobytes().rstrip(b"\x00\r\n ")
+        if not tail.endswith(b"\xff\xd9"):
+            raise InputError(path, "truncated JPEG (no end-of-image marker)")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(path, "not a decodable image")
+    if img.dtype != np.uint8:
+        raise InputError(path, f"{img.dtype} image ({8 * img.dtype.itemsize}-bit): convert it to 8-bit RGB")
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        if not allow_gray:
+            raise InputError(path, "grayscale image: a stained smear needs a colour (RGB) image")
+        g = img.reshape(img.shape[0], img.shape[1])
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if img.shape[2] == 4:
+        raise InputError(path, "RGBA image (has an alpha channel): save it as RGB")
+    if img.shape[2] != 3:
+        raise InputError(path, f"unsupported image with {img.shape[2]} channels")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        raise InputError(path, f"not a readable image ({e.__class__.__name__})") from e
+
+
+@contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in dest's folder; on success it replaces `dest` in one rename."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(dest: str | Path, text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(dest)
+
+
+def write_json_atomic(dest: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
+    return write_text_atomic(dest, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+
+
+def write_image_atomic(dest: str | Path, rgb: np.ndarray, *, quality: int = 95) -> Path:
+    """Write an RGB uint8 image; format from the suffix."""
+    dest = Path(dest)
+    ext = dest.suffix.lower() or ".png"
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise InputError(dest, "could not encode image")
+    with atomic_path(dest) as tmp:
+        buf.tofile(str(tmp))
+    return dest
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,33 @@
+"""Shared fixtures. Real-data tests use `data_root` and skip cleanly where ../shared/data is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TORCH_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    from bloodsmear.settings import data_root as _root
+
+    root = _root()
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (set BLOODSMEAR_DATA)")
+    return root
+
+
+def need(root: Path, *parts: str) -> Path:
+    p = root.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data {p} not present")
+    return p
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
