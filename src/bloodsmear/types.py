@@ -111,3 +111,36 @@ class Dataset:
             elif im.label is not None:
                 counts[im.label] = counts.get(im.label, 0) + 1
         return dict(sorted(counts.items()))
+
+
+#: Keys of `Cell.attributes` that the analysis pipeline fills for every predicted cell.
+CELL_RESULT_KEYS: tuple[str, ...] = (
+    "detection_score", "screening_label", "screening_score", "refined_label", "refined_score", "review",
+)
+
+
+@dataclass
+class SlideResult:
+    """One analysed image: every WBC found, in ORIGINAL image pixels, with both classifier stages.
+
+    Each cell has `label`/`score` = the final class and its probability, `polygon` and `box` in original
+    pixels, and `attributes` holding `detection_score`, `screening_label`, `screening_score`,
+    `refined_label`, `refined_score` (None where the refine stage did not apply) and `review` (True when
+    the final score is below the pipeline's review threshold; the class is kept).
+    """
+
+    name: str  # the image's name in the outputs: its path relative to its input root (posix)
+    width: int
+    height: int
+    cells: list[Cell] = field(default_factory=list)
+    path: Path | None = None
+    scale: float = 1.0  # resize factor original -> segmenter working scale
+    rbc_diameter_px: float | None = None  # typical red-cell diameter in original pixels (estimated or given)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    meta: dict = field(default_factory=dict)
+
+    def class_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self.cells:
+            counts[c.label] = counts.get(c.label, 0) + 1
+        return dict(sorted(counts.items()))
