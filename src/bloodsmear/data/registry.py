@@ -1,0 +1,129 @@
+"""One entry point for every dataset format, with auto-detection (timm-style registry).
+
+    load(path, "auto")   # voc | cvat | coco | pbc | lisc | folders
+
+Detection rules (`detect_format`):
+- a ``.json`` file -> coco; a folder holding ``annotations/instances_*.json`` or one ``*.json`` -> coco
+- a ``.xml`` file: root ``<annotations>`` -> cvat, root ``<annotation>`` -> voc
+- a folder with ``Annotations/`` and ``JPEGImages/`` -> voc
+- a folder holding ``annotations.xml`` (itself or one level of sub-folders) -> cvat
+- class folders exactly the 5 LISC classes -> lisc
+- class folders all PBC classes, including one of ig/erythroblast/platelet -> pbc
+- any other folder -> folders (generic class-per-folder)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Callable
+
+from bloodsmear.classes import LISC_CLASSES, PBC_CLASSES
+from bloodsmear.errors import BloodsmearError, InputError
+from bloodsmear.types import Dataset
+
+log = logging.getLogger(__name__)
+
+#: Formats `load` accepts (besides "auto").
+FORMATS: tuple[str, ...] = ("pbc", "lisc", "folders", "voc", "cvat", "coco")
+
+
+class UnknownFormatError(BloodsmearError, ValueError):
+    """A dataset format name that is not registered."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"unknown dataset format {name!r} (valid: auto, {', '.join(FORMATS)})")
+
+
+#: format -> (module, reader function); readers are imported on first use.
+_READERS: dict[str, tuple[str, str]] = {
+    "pbc": ("bloodsmear.data.folders", "read_pbc"),
+    "lisc": ("bloodsmear.data.folders", "read_lisc"),
+    "folders": ("bloodsmear.data.folders", "read_folders"),
+    "voc": ("bloodsmear.data.voc", "read_voc"),
+    "cvat": ("bloodsmear.data.cvat", "read_cvat"),
+    "coco": ("bloodsmear.data.coco", "read_coco"),
+}
+
+
+def _reader(fmt: str) -> Callable[..., Dataset]:
+    if fmt not in _READERS:
+        raise UnknownFormatError(fmt)
+    mod, fn = _READERS[fmt]
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _xml_root_tag(path: Path) -> str:
+    import xml.etree.ElementTree as ET
+
+    try:
+        for _event, elem in ET.iterparse(str(path), events=("start",)):
+            return elem.tag
+    except ET.ParseError as e:
+        raise InputError(path, f"XML does not parse: {e}") from e
+    return ""
+
+
+def _cvat_files(root: Path) -> list[Path]:
+    files = [root / "annotations.xml"] if (root / "annotations.xml").is_file() else []
+    files += sorted(p / "annotations.xml" for p in root.iterdir()
+                    if p.is_dir() and (p / "annotations.xml").is_file())
+    return files
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of a dataset file or folder (see the module doc); `InputError` if it cannot tell."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    if path.is_file():
+        suf = path.suffix.lower()
+        if suf == ".json":
+            return "coco"
+        if suf == ".xml":
+            tag = _xml_root_tag(path)
+            if tag == "annotations":
+                return "cvat"
+            if tag == "annotation":
+                return "voc"
+            raise InputError(path, f"XML root <{tag}> is neither CVAT <annotations> nor VOC <annotation>")
+        raise InputError(path, f"cannot tell the dataset format of a {suf or 'suffix-less'} file")
+    if (path / "Annotations").is_dir() and (path / "JPEGImages").is_dir():
+        return "voc"
+    if _cvat_files(path):
+        return "cvat"
+    if list((path / "annotations").glob("instances*.json")) if (path / "annotations").is_dir() else False:
+        return "coco"
+    if len(list(path.glob("*.json"))) == 1:
+        return "coco"
+    from bloodsmear.data.folders import folder_classes
+
+    classes = set(folder_classes(path).values())
+    subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if subdirs and len(classes) == len(subdirs):
+        if classes == set(LISC_CLASSES):
+            return "lisc"
+        if classes <= set(PBC_CLASSES) and classes & {"ig", "erythroblast", "platelet"}:
+            return "pbc"
+    if subdirs:
+        return "folders"
+    raise InputError(path, "cannot tell the dataset format: no class folders, annotations.xml, "
+                           "Annotations/+JPEGImages/ or COCO .json found")
+
+
+def load(path: str | Path, format: str = "auto", **kwargs) -> Dataset:  # noqa: A002
+    """Read a dataset into the canonical model. `format`: auto or one of `FORMATS`."""
+    path = Path(path)
+    fmt = (format or "auto").lower()
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UnknownFormatError(format)
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    if fmt == "auto":
+        fmt = detect_format(path)
+        log.debug("%s: detected format %s", path, fmt)
+    ds = _reader(fmt)(path, **kwargs)
+    ds.format = fmt
+    return ds
