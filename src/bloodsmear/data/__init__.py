@@ -18,3 +18,14 @@ def load_dataset(path: str | Path, format: str = "auto", **kwargs) -> Dataset:  
     from bloodsmear.data.registry import load
 
     return load(Path(path), format, **kwargs)
+
+
+def image_name(path: str | Path, root: str | Path | None = None) -> str:
+    """How writers name an image: its path relative to `root` (POSIX) when below it, else its file name."""
+    path = Path(path)
+    if root is not None:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path.name

@@ -14,12 +14,13 @@ files inside class folders and unknown class folders (non-strict) are listed in 
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bloodsmear.classes import LISC_CLASSES, PBC_CLASSES, canonical, pbc_fine_label, pbc_subclass
 from bloodsmear.errors import InputError, UnknownLabelError
-from bloodsmear.io import image_size, is_image_file
+from bloodsmear.io import IMAGE_SUFFIXES, image_size
 from bloodsmear.types import AnnotatedImage, Dataset
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,37 @@ def folder_classes(root: Path) -> dict[str, str]:
 
 
 def _scan_class_folder(folder: Path, root: Path, skipped: list[str]) -> list[Path]:
-    files = []
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in p.relative_to(folder).parts):
-            skipped.append(f"{rel}: hidden file, left out")
-        elif not is_image_file(p):
-            skipped.append(f"{rel}: not an image file ({p.suffix or 'no suffix'}), left out")
-        elif p.stat().st_size == 0:
-            skipped.append(f"{rel}: empty file, left out")
-        else:
-            files.append(p)
-    return files
+    """Image files below `folder` (os.scandir: fast for 17k files); hidden, non-image and empty files
+    are noted in `skipped` instead."""
+    files: list[str] = []
+    stack = [str(folder)]
+    cut = len(str(folder).rstrip(os.sep)) + 1
+    prefix = folder.relative_to(root).as_posix() + "/"
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            rel = prefix + e.path[cut:].replace(os.sep, "/")
+            hidden = e.name.startswith(".")
+            if e.is_dir():
+                if hidden:
+                    skipped.append(f"{rel}/: hidden folder, left out")
+                else:
+                    stack.append(e.path)
+                continue
+            if not e.is_file():
+                continue
+            suffix = os.path.splitext(e.name)[1]
+            if hidden:
+                skipped.append(f"{rel}: hidden file, left out")
+            elif suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append(f"{rel}: not an image file ({suffix or 'no suffix'}), left out")
+            elif e.stat().st_size == 0:
+                skipped.append(f"{rel}: empty file, left out")
+            else:
+                files.append(e.path)
+    return [Path(f) for f in sorted(files)]
 
 
 def read_folders(
@@ -126,6 +144,35 @@ def read_lisc(root: str | Path, **kw) -> Dataset:
     return read_folders(root, source="lisc", **kw)
 
 
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def header_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from a JPEG's SOF or a PNG's IHDR header (a few reads, no decoding); other
+    formats and odd files fall back to PIL (`bloodsmear.io.image_size`, `InputError` when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            if head[:2] == b"\xff\xd8":
+                f.seek(2)
+                while True:
+                    m = f.read(4)
+                    if len(m) < 4 or m[0] != 0xFF:
+                        break
+                    if m[1] in _SOF:
+                        sof = f.read(5)
+                        h, w = int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big")
+                        if w > 0 and h > 0:
+                            return w, h
+                        break
+                    f.seek(int.from_bytes(m[2:4], "big") - 2, 1)
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from e
+    return image_size(path)
+
+
 def fill_sizes(dataset: Dataset, *, workers: int = 8) -> list[str]:
     """Set width/height of images whose size is unknown (0) from their file headers (no decoding).
 
@@ -135,7 +182,7 @@ def fill_sizes(dataset: Dataset, *, workers: int = 8) -> list[str]:
 
     def _one(im: AnnotatedImage) -> str | None:
         try:
-            im.width, im.height = image_size(im.path)
+            im.width, im.height = header_size(im.path)
         except InputError as e:
             return str(e)
         return None

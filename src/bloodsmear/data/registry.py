@@ -66,13 +66,6 @@ def _xml_root_tag(path: Path) -> str:
     return ""
 
 
-def _cvat_files(root: Path) -> list[Path]:
-    files = [root / "annotations.xml"] if (root / "annotations.xml").is_file() else []
-    files += sorted(p / "annotations.xml" for p in root.iterdir()
-                    if p.is_dir() and (p / "annotations.xml").is_file())
-    return files
-
-
 def detect_format(path: str | Path) -> str:
     """The format of a dataset file or folder (see the module doc); `InputError` if it cannot tell."""
     path = Path(path)
@@ -92,7 +85,9 @@ def detect_format(path: str | Path) -> str:
         raise InputError(path, f"cannot tell the dataset format of a {suf or 'suffix-less'} file")
     if (path / "Annotations").is_dir() and (path / "JPEGImages").is_dir():
         return "voc"
-    if _cvat_files(path):
+    from bloodsmear.data.cvat import cvat_files
+
+    if cvat_files(path, any_xml=False):
         return "cvat"
     if list((path / "annotations").glob("instances*.json")) if (path / "annotations").is_dir() else False:
         return "coco"
