@@ -1,0 +1,321 @@
+"""The paper's full pipeline (its Fig. 23) on one image: scale -> segment -> crop -> screen -> refine.
+
+    rgb (original pixels)
+      -> typical red-cell diameter (estimated from the red cells, or given)
+      -> resized to the segmenter's working scale (cv2.INTER_AREA when shrinking), tiled when still large
+      -> WBC instances (any `bloodsmear.models.segmenter_base.Segmenter`)
+      -> boxes and polygons mapped back to ORIGINAL pixels
+      -> one crop per cell from the original image
+      -> screening classifier on all crops in one batch (all its classes)
+      -> refine classifier on the cells whose screening class it knows (one batch)
+      -> final class = refined label where refined, else the screening label; both kept per cell;
+         cells whose final score is below `review_threshold` are flagged `review` (class kept).
+
+A pipeline is a YAML/JSON config (`PipelineConfig`) naming each stage's model folder, by shipped name
+(`bloodsmear/zoo/<name>`) or path. `Pipeline` takes the loaded stages, so tests can pass fakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from bloodsmear.errors import InputError
+from bloodsmear.inference.stages import crop_cells, estimate_rbc_diameter_px, load_classifier, resolve_ref
+from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
+from bloodsmear.settings import ZOO_DIR
+from bloodsmear.types import Cell, SlideResult, polygon_box
+
+log = logging.getLogger(__name__)
+
+#: Shipped pipeline configs: `bloodsmear/zoo/pipelines/<name>.yaml`.
+PIPELINES_DIR = ZOO_DIR / "pipelines"
+DEFAULT_PIPELINE = "default"
+MIN_SIDE = 16  # smaller images cannot hold a white cell
+FACTOR_RANGE = (1 / 64, 4.0)  # resize factors to the working scale are kept within this range
+
+
+@runtime_checkable
+class CellClassifier(Protocol):
+    """What the pipeline needs from a classifier model folder."""
+
+    classes: Sequence[str]
+
+    def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, len(classes)) class probabilities for N RGB uint8 crops of any size."""
+        ...
+
+
+class WbcOnly:
+    """The classifier of a segmenter-only pipeline: every cell is a "wbc" (probability 1)."""
+
+    classes = ("wbc",)
+
+    def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        return np.ones((len(crops), 1))
+
+
+@dataclass
+class PipelineConfig:
+    """One pipeline: every stage's model folder (shipped name or path) and the thresholds."""
+
+    segmenter: str = "wbc-seg-fast"
+    screening: str = "default"
+    refine: str | None = None
+    refine_classes: list[str] | None = None  # None: every class the refine model knows
+    review_threshold: float = 0.5  # final score below this -> review flag (class kept)
+    scale: str | float = "auto"  # "auto" or the typical red-cell diameter in pixels of the input images
+    crop_padding: float | None = None  # None: the crop function's default
+    detection_threshold: float | None = None  # None: the segmenter's own threshold
+    tile_size: int = 1024  # working-scale images larger than this are segmented in overlapping tiles
+    tile_overlap: int = 256  # >= the largest WBC diameter at working scale
+    scale_max_side: int = 1024  # the red-cell size is estimated on a copy at most this large
+    name: str = ""
+    base_dir: str | None = field(default=None, repr=False)  # relative model paths resolve from here
+
+    @classmethod
+    def load(cls, ref: str | Path | None = None) -> "PipelineConfig":
+        """Load a config: a YAML/JSON path, or a shipped pipeline name (default: "default")."""
+        import yaml
+
+        ref = DEFAULT_PIPELINE if ref is None else ref
+        path = Path(ref)
+        if not path.is_file():
+            shipped = PIPELINES_DIR / f"{ref}.yaml"
+            if not shipped.is_file():
+                known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+                raise InputError(ref, f"no such pipeline config file or shipped pipeline (shipped: {', '.join(known)})")
+            path = shipped
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise InputError(path, f"not a readable YAML/JSON pipeline config ({e})") from e
+        if not isinstance(raw, dict):
+            raise InputError(path, "a pipeline config must be a mapping of settings")
+        known = {f.name for f in fields(cls)} - {"base_dir"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InputError(path, f"unknown pipeline settings {unknown} (known: {', '.join(sorted(known))})")
+        raw.setdefault("name", path.stem)
+        cfg = cls(**raw, base_dir=str(path.parent.resolve()))
+        cfg.validate(path)
+        return cfg
+
+    def validate(self, where: object = None) -> None:
+        if not 0.0 <= float(self.review_threshold) <= 1.0:
+            raise InputError(where, f"review_threshold must be in [0, 1], not {self.review_threshold}")
+        parse_scale(self.scale, where)
+        if self.tile_overlap * 2 >= self.tile_size:
+            raise InputError(where, "tile_overlap must be less than half of tile_size")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("base_dir")
+        return d
+
+
+def parse_scale(value: str | float | None, where: object = None) -> float | None:
+    """None for "auto", else the red-cell diameter in pixels (> 0)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(where, f"scale must be 'auto' or a red-cell diameter in pixels, not {value!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise InputError(where, f"scale (red-cell diameter in pixels) must be > 0, not {value!r}")
+    return v
+
+
+class Pipeline:
+    """Segmenter + screening classifier (+ refine classifier) with the config's thresholds."""
+
+    def __init__(self, segmenter: Segmenter, screening: CellClassifier, refine: CellClassifier | None = None,
+                 config: PipelineConfig | None = None):
+        self.segmenter = segmenter
+        self.screening = screening
+        self.refine = refine
+        self.config = config or PipelineConfig()
+        self.config.validate()
+        rc = self.config.refine_classes
+        self.refine_classes: set[str] = set(refine.classes if rc is None else rc) if refine is not None else set()
+        if refine is not None:
+            missing = self.refine_classes - set(refine.classes)
+            if missing:
+                raise InputError(None, f"refine_classes {sorted(missing)} are not classes of the refine model "
+                                       f"({', '.join(refine.classes)})")
+        if self.config.detection_threshold is not None:
+            for attr in ("score_threshold", "detection_threshold", "threshold"):
+                if hasattr(segmenter, attr):
+                    setattr(segmenter, attr, float(self.config.detection_threshold))
+                    break
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig | str | Path | None = None) -> "Pipeline":
+        cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.load(config)
+        seg = load_segmenter(resolve_ref(cfg.segmenter, cfg.base_dir))
+        screening = load_classifier(resolve_ref(cfg.screening, cfg.base_dir))
+        refine = load_classifier(resolve_ref(cfg.refine, cfg.base_dir)) if cfg.refine else None
+        return cls(seg, screening, refine, cfg)
+
+    @classmethod
+    def segmenter_only(cls, segmenter: str | Path, config: PipelineConfig | None = None) -> "Pipeline":
+        """A pipeline of one segmenter folder: every cell is labelled "wbc" with its detection score."""
+        cfg = config or PipelineConfig(segmenter=str(segmenter), screening="none", name="segmenter-only")
+        return cls(load_segmenter(resolve_ref(segmenter, cfg.base_dir)), WbcOnly(), None, cfg)
+
+    @property
+    def classes(self) -> list[str]:
+        out = list(self.screening.classes)
+        if self.refine is not None:
+            out += [c for c in self.refine.classes if c not in out]
+        return out
+
+    def describe(self) -> dict:
+        return {**self.config.to_dict(), "segmenter_kind": getattr(self.segmenter, "kind", "?"),
+                "classes": self.classes}
+
+    # ------------------------------------------------------------------ stages
+
+    def working_factor(self, rgb: np.ndarray, scale: str | float | None = None) -> tuple[float, float | None, str]:
+        """(resize factor original -> working scale, red-cell diameter in original px, its source)."""
+        target = float(self.segmenter.rbc_diameter_px)
+        given = parse_scale(self.config.scale if scale is None else scale)
+        if given is not None:
+            return float(np.clip(target / given, *FACTOR_RANGE)), given, "given"
+        d = estimate_rbc_diameter_px(rgb, max_side=self.config.scale_max_side)
+        if d is None or not np.isfinite(d) or d <= 0:
+            return 1.0, None, "fallback"
+        return float(np.clip(target / d, *FACTOR_RANGE)), float(d), "estimated"
+
+    def segment(self, work: np.ndarray) -> list[Cell]:
+        """Instances at working scale; overlapping tiles when the image is larger than `tile_size`."""
+        h, w = work.shape[:2]
+        size, ov = self.config.tile_size, self.config.tile_overlap
+        if max(h, w) <= size:
+            return list(self.segmenter.predict(work))
+        cells: list[Cell] = []
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tile_grid(h, w, size, ov):
+            for c in self.segmenter.predict(work[y0:y1, x0:x1]):
+                bx1, by1, bx2, by2 = c.box if c.box is not None else polygon_box(c.polygon)
+                cx, cy = x0 + (bx1 + bx2) / 2, y0 + (by1 + by2) / 2
+                if cx0 <= cx < cx1 and cy0 <= cy < cy1:  # each cell is kept by the one tile owning its centre
+                    cells.append(_shift(c, x0, y0))
+        return cells
+
+    def classify(self, rgb: np.ndarray, cells: list[Cell]) -> None:
+        """Fill label, score and the stage attributes of every cell (crops from `rgb`, original pixels)."""
+        if not cells:
+            return
+        if isinstance(self.screening, WbcOnly):  # segmenter-only: no crops, the detection score stands
+            for c in cells:
+                c.attributes.update(screening_label="wbc", screening_score=c.score, refined_label=None,
+                                    refined_score=None, review=False)
+            return
+        crops = crop_cells(rgb, cells, padding=self.config.crop_padding)
+        probs = np.asarray(self.screening.predict_proba(crops), dtype=float)
+        s_idx = probs.argmax(axis=1)
+        s_cls = list(self.screening.classes)
+        for c, k, p in zip(cells, s_idx, probs):
+            c.attributes.update(screening_label=s_cls[k], screening_score=float(p[k]),
+                                refined_label=None, refined_score=None)
+            c.label, c.score = s_cls[k], float(p[k])
+        todo = [i for i, c in enumerate(cells) if c.label in self.refine_classes]
+        if todo and self.refine is not None:
+            rprobs = np.asarray(self.refine.predict_proba([crops[i] for i in todo]), dtype=float)
+            r_cls = list(self.refine.classes)
+            for i, p in zip(todo, rprobs):
+                k = int(p.argmax())
+                cells[i].attributes.update(refined_label=r_cls[k], refined_score=float(p[k]))
+                cells[i].label, cells[i].score = r_cls[k], float(p[k])
+        thr = float(self.config.review_threshold)
+        for c in cells:
+            c.attributes["review"] = bool(c.score < thr)
+
+    def detect(self, rgb: np.ndarray, *, scale: str | float | None = None, name: str = "image",
+               path: Path | None = None) -> SlideResult:
+        """Segmentation only: WBC instances (label "wbc", score = detection score) in original pixels."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise InputError(path or name, f"expected an RGB uint8 image, got shape {rgb.shape} {rgb.dtype}")
+        h, w = rgb.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise InputError(path or name, f"image too small ({w}x{h} px; at least {MIN_SIDE} px a side)")
+        t = {}
+        t0 = time.perf_counter()
+        factor, rbc_d, source = self.working_factor(rgb, scale)
+        t["scale"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        work = resize_by(rgb, factor)
+        fy, fx = work.shape[0] / h, work.shape[1] / w  # exact per-axis factors after rounding
+        t["resize"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cells = [_to_original(c, fx, fy, w, h) for c in self.segment(work)]
+        t["segment"] = time.perf_counter() - t0
+        return SlideResult(name=name, width=w, height=h, cells=cells, path=path, scale=factor,
+                           rbc_diameter_px=rbc_d, timings=t, meta={"scale_source": source})
+
+    def run(self, rgb: np.ndarray, name: str = "image", *, scale: str | float | None = None,
+            path: Path | None = None) -> SlideResult:
+        """Analyse one RGB uint8 image (not modified). `scale` overrides the config's scale."""
+        result = self.detect(rgb, scale=scale, name=name, path=path)
+        t0 = time.perf_counter()
+        self.classify(rgb, result.cells)
+        result.timings["classify"] = time.perf_counter() - t0
+        return result
+
+
+# ---------------------------------------------------------------------- geometry helpers
+
+
+def resize_by(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """`rgb` resized by `factor` (INTER_AREA when shrinking); the same array when factor is ~1."""
+    if abs(factor - 1.0) < 1e-3:
+        return rgb
+    from bloodsmear.preprocess.scale import resize_to_scale
+
+    return resize_to_scale(rgb, factor)
+
+
+def tile_grid(h: int, w: int, size: int, overlap: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """Overlapping tiles ((y0, y1, x0, x1), owned core (y0, y1, x0, x1)): the cores partition the image,
+    each core lies at least `overlap // 2` inside its tile except at the image border."""
+
+    def axis(n: int) -> list[tuple[int, int, int, int]]:
+        if n <= size:
+            return [(0, n, 0, n)]
+        step = size - overlap
+        starts = list(range(0, n - size, step)) + [n - size]
+        out = []
+        for i, s in enumerate(starts):
+            lo = 0 if i == 0 else (s + starts[i - 1] + size) // 2  # middle of the overlap with the previous
+            hi = n if i == len(starts) - 1 else (starts[i + 1] + s + size) // 2
+            out.append((s, s + size, lo, hi))
+        return out
+
+    return [((ty0, ty1, tx0, tx1), (cy0, cy1, cx0, cx1))
+            for ty0, ty1, cy0, cy1 in axis(h) for tx0, tx1, cx0, cx1 in axis(w)]
+
+
+def _shift(c: Cell, dx: float, dy: float) -> Cell:
+    poly = None if c.polygon is None else c.polygon + np.array([dx, dy])
+    box = None if c.box is None else (c.box[0] + dx, c.box[1] + dy, c.box[2] + dx, c.box[3] + dy)
+    return Cell(label=c.label, polygon=poly, box=box, mask=c.mask, score=c.score, attributes=dict(c.attributes))
+
+
+def _to_original(c: Cell, fx: float, fy: float, w: int, h: int) -> Cell:
+    """A working-scale cell in original pixels (polygon and box divided by the factors, clipped);
+    the working-scale mask is dropped (the polygon is the outline in original pixels)."""
+    if c.polygon is not None and len(c.polygon) >= 3:
+        poly = c.polygon / np.array([fx, fy])
+    else:  # a box-only detection: its rectangle as the outline
+        x1, y1, x2, y2 = c.box  # type: ignore[misc]
+        poly = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=float) / np.array([fx, fy])
+    poly[:, 0] = np.clip(poly[:, 0], 0, w - 1)
+    poly[:, 1] = np.clip(poly[:, 1], 0, h - 1)
+    det = float(c.score) if c.score is not None else 1.0
+    return Cell(label="wbc", polygon=poly, score=det, attributes={**c.attributes, "detection_score": det})

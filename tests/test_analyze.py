@@ -1,0 +1,177 @@
+"""`analyze` over folders (bad images skipped, resume after a kill) and `evaluate`, with fakes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from pipeline_fakes import make_pipeline, write_field
+from typer.testing import CliRunner
+
+from bloodsmear.inference import batch
+from bloodsmear.inference.batch import analyze, collect_images
+from bloodsmear.outputs import paper_json
+from bloodsmear.types import AnnotatedImage, Cell, Dataset
+
+ONE = [(100, 100, 30, "lymphocyte")]
+TWO = [(100, 100, 30, "lymphocyte"), (300, 200, 40, "neutrophil")]
+
+
+@pytest.fixture
+def smears(tmp_path):
+    root = tmp_path / "in"
+    write_field(root / "a.png", 400, 300, ONE)
+    write_field(root / "sub" / "b.jpg", 400, 300, TWO)
+    write_field(root / "sub" / "deeper" / "c.tif", 400, 300, TWO)
+    write_field(root / "d.bmp", 400, 300, [])
+    return root
+
+
+def _add_bad_images(root):
+    (root / "bad").mkdir()
+    (root / "bad" / "notes.jpg").write_text("not an image")
+    full = (root / "sub" / "b.jpg").read_bytes()
+    (root / "bad" / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (root / "bad" / "empty.png").write_bytes(b"")
+
+
+def test_analyze_writes_every_output_named_by_relative_path(smears, tmp_path):
+    out = tmp_path / "out"
+    s = analyze([smears], out, make_pipeline(), scale=20, progress=False)
+    assert (s.n_images, s.n_analysed, s.n_skipped, s.n_cells) == (4, 4, 0, 5)
+    assert s.counts == {"lymphocyte": 3, "neutrophil": 2}
+    doc = json.loads((out / "results.json").read_text())
+    paper_json.validate(doc)
+    assert [im["filename"] for im in doc["images"]] == ["a.png", "d.bmp", "sub/b.jpg", "sub/deeper/c.tif"]
+    for f in ("coco.json", "annotations.xml", "counts.csv", "overlays/sub/deeper/c.tif.png"):
+        assert (out / f).is_file(), f
+    assert not (out / "skipped.csv").exists()
+    assert not list(out.rglob(".*.part*"))
+
+
+def test_bad_images_are_reported_and_skipped(smears, tmp_path, caplog):
+    _add_bad_images(smears)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="bloodsmear"):
+        s = analyze([smears], out, make_pipeline(), scale=20, progress=False)
+    assert s.n_analysed == 4 and s.n_skipped == 3
+    msgs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+    assert len(msgs) == 3
+    assert any("truncated.jpg" in m and "truncated JPEG" in m for m in msgs)
+    assert any("notes.jpg" in m and "not a decodable image" in m for m in msgs)
+    assert any("empty.png" in m and "empty file" in m for m in msgs)
+    assert any("3 image(s) skipped" in r.getMessage() for r in caplog.records)
+    assert len(json.loads((out / "results.json").read_text())["images"]) == 4
+    assert (out / "skipped.csv").read_text().count("\n") == 4
+
+
+def test_resume_after_a_kill_finishes_only_the_missing_images(smears, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    pipe = make_pipeline()
+    real_run, calls = pipe.run, []
+
+    def dying_run(rgb, name, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the kill, mid-run
+        calls.append(name)
+        return real_run(rgb, name, **kw)
+
+    monkeypatch.setattr(pipe, "run", dying_run)
+    with pytest.raises(KeyboardInterrupt):
+        analyze([smears], out, pipe, scale=20, progress=False)
+    assert not (out / "results.json").exists()
+    done = sorted(p.relative_to(out / "_per_image").as_posix() for p in (out / "_per_image").rglob("*.json"))
+    assert done == ["a.png.json", "d.bmp.json"]
+    # a record half-written when the kill came, left behind as a temp file
+    tmp_file = out / "_per_image" / "sub" / ".b.jpg.json.abc123.part.json"
+    tmp_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file.write_text('{"filename": "sub/b.j')
+    seen = []
+    pipe2 = make_pipeline()
+    real2 = pipe2.run
+    monkeypatch.setattr(pipe2, "run", lambda rgb, name, **kw: seen.append(name) or real2(rgb, name, **kw))
+    s = analyze([smears], out, pipe2, scale=20, progress=False)
+    assert seen == ["sub/b.jpg", "sub/deeper/c.tif"]
+    assert (s.n_resumed, s.n_analysed, s.n_cells) == (2, 2, 5)
+    assert not tmp_file.exists()
+    assert len(json.loads((out / "results.json").read_text())["images"]) == 4
+    # an aggregate deleted after a finished run is rebuilt without analysing anything again
+    (out / "coco.json").unlink()
+    seen.clear()
+    s = analyze([smears], out, pipe2, scale=20, progress=False)
+    assert seen == [] and s.n_resumed == 4 and (out / "coco.json").is_file()
+
+
+def test_names_are_unique_across_inputs(tmp_path):
+    write_field(tmp_path / "x" / "f.png", 64, 64, [])
+    write_field(tmp_path / "y" / "f.png", 64, 64, [])
+    write_field(tmp_path / "y" / "g.png", 64, 64, [])
+    names = [j.name for j in collect_images([tmp_path / "x", tmp_path / "y", tmp_path / "y" / "g.png"])]
+    assert len(set(names)) == len(names) == 4
+    assert names[:2] == ["x/f.png", "y/f.png"]
+
+
+def test_cli_analyze(smears, tmp_path, monkeypatch):
+    from bloodsmear.cli.main import app
+    from bloodsmear.inference.pipeline import Pipeline
+
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, cfg=None: make_pipeline()))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["analyze", str(smears), "--out", str(out), "--scale", "20", "--no-overlays", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output.strip().splitlines()[-1])
+    assert d["n_analysed"] == 4 and d["counts"] == {"lymphocyte": 3, "neutrophil": 2}
+    assert not (out / "overlays").exists()
+    r = CliRunner().invoke(app, ["analyze", str(tmp_path / "nope"), "--out", str(out)])
+    assert r.exit_code == 2 and "nope" in r.output and "no such file" in r.output
+    r = CliRunner().invoke(app, ["analyze", str(smears), "--out", str(out), "--scale", "huge"])
+    assert r.exit_code == 2 and "scale" in r.output
+
+
+def _box(cx, cy, r):
+    return (cx - r, cy - r, cx + r, cy + r)
+
+
+def test_evaluate_scores_detection_and_classes(tmp_path):
+    from bloodsmear.evaluation.pipeline_eval import evaluate_pipeline
+
+    ims = []
+    for i, discs in enumerate([TWO, ONE, TWO]):
+        p = write_field(tmp_path / f"f{i}.png", 400, 300, discs)
+        cells = [Cell(label="wbc", box=_box(cx, cy, r), subclass=cls) for cx, cy, r, cls in discs]
+        cells.append(Cell(label="rbc", box=(0, 0, 10, 10)))
+        ims.append(AnnotatedImage(path=p, width=400, height=300, cells=cells))
+    ims[2].cells[0].subclass = "monocyte"  # one wrong GT class: classification is scored
+    ds = Dataset("toy", tmp_path, ims, format="voc", splits={"test": ["f0", "f2"], "train": ["f1"]})
+    rep = evaluate_pipeline(ds, pipeline=make_pipeline(), scale=20)
+    f = rep["figures"]
+    assert rep["split"] == "test" and rep["n_images"] == 2
+    assert f["wbc_box_ap50"] == pytest.approx(1.0) and f["wbc_recall"] == 1.0 and f["count_mae"] == 0
+    assert f["wbc_mask_ap"] is None  # GT has boxes only
+    assert f["n_classified"] == 4 and f["class_accuracy"] == pytest.approx(0.75)
+    assert rep["per_class"]["monocyte"]["recall"] == 0.0
+    half = evaluate_pipeline(ds, pipeline=make_pipeline(), scale=10, rescale=0.5, split="all")
+    assert half["n_images"] == 3 and half["figures"]["wbc_box_ap50"] == pytest.approx(1.0)
+
+
+def test_evaluate_one_wbc_per_field(tmp_path):
+    from bloodsmear.evaluation.pipeline_eval import evaluate_pipeline
+
+    ims = []
+    for i, (discs, lab) in enumerate([(ONE, "lymphocyte"), (TWO, "neutrophil"), ([], "lymphocyte"), (ONE, "lymphocyte")]):
+        p = write_field(tmp_path / lab / f"{i}.png", 400, 300, discs)
+        ims.append(AnnotatedImage(path=p, width=400, height=300, label=lab))
+    rep = evaluate_pipeline(Dataset("lisc-toy", tmp_path, ims, format="lisc"), pipeline=make_pipeline(), scale=20)
+    f = rep["figures"]
+    assert f["one_wbc_found_rate"] == 0.75 and f["no_extra_wbc_rate"] == 0.75 and f["exactly_one_rate"] == 0.5
+    assert f["n_classified"] == 3
+
+
+def test_per_image_record_is_the_paper_record(smears, tmp_path):
+    out = tmp_path / "out"
+    analyze([smears / "sub" / "b.jpg"], out, make_pipeline(), scale=20, progress=False)
+    rec = json.loads(batch.record_path(out, "b.jpg").read_text())
+    assert rec["filename"] == "b.jpg" and len(rec["cells"]) == 2
+    assert np.allclose(sorted(c["area"] for c in rec["cells"]), sorted([np.pi * 30 ** 2, np.pi * 40 ** 2]), rtol=0.1)

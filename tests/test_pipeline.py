@@ -1,0 +1,149 @@
+"""The full pipeline with a fake segmenter and classifiers: scale mapping, tiling, both stages, review."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pipeline_fakes import ColourClassifier, DiscSegmenter, make_field, make_pipeline
+
+from bloodsmear.errors import InputError
+from bloodsmear.inference import pipeline as pl
+from bloodsmear.inference.pipeline import Pipeline, PipelineConfig, parse_scale, tile_grid
+
+DISCS = [(200, 150, 40, "lymphocyte"), (600, 400, 50, "neutrophil")]
+
+
+class FixedClassifier:
+    def __init__(self, classes, label, score):
+        self.classes, self.label, self.score = list(classes), label, score
+
+    def predict_proba(self, crops):
+        p = np.full((len(crops), len(self.classes)), (1 - self.score) / (len(self.classes) - 1))
+        p[:, self.classes.index(self.label)] = self.score
+        return p
+
+
+def _centre(cell):
+    x1, y1, x2, y2 = cell.box
+    return (x1 + x2) / 2, (y1 + y2) / 2
+
+
+def test_polygons_come_back_in_original_pixels_under_a_scale_factor():
+    rgb = make_field(800, 600, DISCS)
+    before = rgb.copy()
+    pipe = make_pipeline(rbc_px=20.0)
+    res = pipe.run(rgb, "f.png", scale=40.0)  # red cells 40 px here, 20 px at working scale -> factor 0.5
+    assert np.array_equal(rgb, before)
+    assert pipe.segmenter.seen_shapes == [(300, 400, 3)]
+    assert res.scale == pytest.approx(0.5) and res.rbc_diameter_px == 40.0
+    assert (res.width, res.height) == (800, 600)
+    cells = sorted(res.cells, key=lambda c: c.box[0])
+    assert len(cells) == 2
+    for cell, (cx, cy, r, cls) in zip(cells, DISCS):
+        x, y = _centre(cell)
+        assert abs(x - cx) < 3 and abs(y - cy) < 3
+        assert abs((cell.box[2] - cell.box[0]) - 2 * r) < 5
+        assert cell.polygon.min() >= 0 and cell.polygon[:, 0].max() <= 799
+        assert cell.area == pytest.approx(np.pi * r * r, rel=0.1)
+        assert cell.label == cls and cell.attributes["screening_label"] == cls
+        assert cell.attributes["refined_label"] is None and cell.attributes["review"] is False
+        assert cell.attributes["detection_score"] == pytest.approx(0.9)
+        assert cell.mask is None  # working-scale masks are not carried into original pixels
+
+
+def test_auto_scale_uses_the_red_cell_estimate(monkeypatch):
+    monkeypatch.setattr(pl, "estimate_rbc_diameter_px", lambda rgb, max_side: 80.0)
+    res = make_pipeline(rbc_px=20.0).run(make_field(800, 600, DISCS), "f.png")
+    assert res.scale == pytest.approx(0.25) and res.meta["scale_source"] == "estimated"
+    assert len(res.cells) == 2
+    monkeypatch.setattr(pl, "estimate_rbc_diameter_px", lambda rgb, max_side: None)
+    res = make_pipeline(rbc_px=20.0).run(make_field(800, 600, DISCS), "f.png")
+    assert res.scale == 1.0 and res.meta["scale_source"] == "fallback"
+
+
+def test_classifier_runs_once_per_image_on_all_crops():
+    pipe = make_pipeline()
+    pipe.run(make_field(800, 600, DISCS + [(400, 500, 30, "lymphocyte")]), "f", scale=20)
+    assert pipe.screening.calls == [3]
+
+
+def test_refine_stage_applies_only_to_the_classes_it_knows():
+    refine = FixedClassifier(["neutrophil", "band_cell"], "band_cell", 0.8)
+    pipe = Pipeline(DiscSegmenter(), ColourClassifier(), refine, PipelineConfig(review_threshold=0.85))
+    cells = sorted(pipe.run(make_field(800, 600, DISCS), "f", scale=20).cells, key=lambda c: c.box[0])
+    lym, neu = cells
+    assert lym.label == "lymphocyte" and lym.attributes["refined_label"] is None and not lym.attributes["review"]
+    assert neu.attributes["screening_label"] == "neutrophil" and neu.attributes["screening_score"] == pytest.approx(0.9)
+    assert neu.label == "band_cell" and neu.attributes["refined_score"] == pytest.approx(0.8)
+    assert neu.score == pytest.approx(0.8) and neu.attributes["review"] is True  # 0.8 < 0.85: kept, flagged
+    assert "band_cell" in pipe.classes
+
+
+def test_refine_classes_must_be_known_to_the_refine_model():
+    with pytest.raises(InputError, match="monocyte"):
+        Pipeline(DiscSegmenter(), ColourClassifier(), FixedClassifier(["a", "b"], "a", 0.9),
+                 PipelineConfig(refine_classes=["monocyte"]))
+
+
+def test_low_confidence_cells_are_flagged_for_review_not_dropped():
+    pipe = Pipeline(DiscSegmenter(), ColourClassifier(("lymphocyte", "neutrophil", "monocyte"), confidence=0.45), None, PipelineConfig(review_threshold=0.5))
+    res = pipe.run(make_field(800, 600, DISCS), "f", scale=20)
+    assert len(res.cells) == 2 and all(c.attributes["review"] for c in res.cells)
+    assert {c.label for c in res.cells} == {"lymphocyte", "neutrophil"}
+
+
+def test_tiles_find_every_cell_once_including_cells_on_tile_borders():
+    discs = [(60, 60, 20, "lymphocyte"), (150, 150, 25, "neutrophil"), (300, 90, 20, "lymphocyte"),
+             (230, 260, 22, "neutrophil"), (100, 280, 18, "lymphocyte")]
+    rgb = make_field(400, 320, discs)
+    pipe = make_pipeline(rbc_px=20.0, tile_size=128, tile_overlap=56)
+    res = pipe.run(rgb, "f", scale=20.0)
+    assert len(pipe.segmenter.seen_shapes) > 4 and all(s[0] <= 128 and s[1] <= 128 for s in pipe.segmenter.seen_shapes)
+    got = sorted(_centre(c) for c in res.cells)
+    want = sorted((cx, cy) for cx, cy, _, _ in discs)
+    assert len(got) == len(want)
+    for (x, y), (cx, cy) in zip(got, want):
+        assert abs(x - cx) < 2 and abs(y - cy) < 2
+
+
+def test_tile_cores_partition_the_image():
+    for h, w in [(100, 100), (1000, 700), (1025, 2049)]:
+        cover = np.zeros((h, w), int)
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tile_grid(h, w, 512, 128):
+            assert y0 <= cy0 < cy1 <= y1 and x0 <= cx0 < cx1 <= x1 and y1 - y0 <= 512
+            cover[cy0:cy1, cx0:cx1] += 1
+        assert (cover == 1).all()
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="too small"):
+        make_pipeline().run(np.zeros((4, 4, 3), np.uint8), "tiny.png")
+    with pytest.raises(InputError, match="RGB uint8"):
+        make_pipeline().run(np.zeros((40, 40), np.uint8), "gray.png")
+    assert parse_scale("auto") is None and parse_scale("12.5") == 12.5
+    for bad in ("big", "-3", "0"):
+        with pytest.raises(InputError):
+            parse_scale(bad)
+
+
+def test_config_yaml_round_trip_and_errors(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("segmenter: my-seg\nscreening: ./cls\nrefine: null\nreview_threshold: 0.7\nscale: 33\n")
+    cfg = PipelineConfig.load(p)
+    assert cfg.segmenter == "my-seg" and cfg.review_threshold == 0.7 and cfg.scale == 33 and cfg.name == "p"
+    assert cfg.base_dir == str(tmp_path.resolve())
+    p.write_text("segmenter: x\nreview_treshold: 0.7\n")
+    with pytest.raises(InputError, match="review_treshold"):
+        PipelineConfig.load(p)
+    p.write_text("review_threshold: 7\n")
+    with pytest.raises(InputError, match="review_threshold"):
+        PipelineConfig.load(p)
+    with pytest.raises(InputError, match="shipped"):
+        PipelineConfig.load("no-such-pipeline")
+
+
+def test_shipped_pipeline_configs_load():
+    for name in ("default", "maskrcnn"):
+        cfg = PipelineConfig.load(name)
+        assert cfg.name == name and cfg.segmenter and cfg.screening
+    assert PipelineConfig.load(None).name == "default"
