@@ -195,10 +195,11 @@ def read_coco(path: str | Path, *, image_root: str | Path | None = None, strict:
         first = d["images"][0]["file_name"] if d["images"] else ""
         image_root = base / "images" if (base / "images" / first).is_file() else base
     image_root = Path(image_root)
-    try:
-        cats = {c["id"]: canonical(c["name"], path=path) for c in d.get("categories", [])}
-    except KeyError as e:
-        raise InputError(path, f"category without {e}") from e
+    cats = {}
+    for c in d.get("categories", []):
+        if "id" not in c or "name" not in c:
+            raise InputError(path, f"category without an id or name: {c}")
+        cats[c["id"]] = canonical(c["name"], path=path)
     by_image: dict[int, list[dict]] = {}
     for a in d.get("annotations", []):
         by_image.setdefault(a.get("image_id"), []).append(a)
