@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 import pytest
-from pipeline_fakes import make_pipeline, write_field
+from pipeline_fakes import make_field, make_pipeline, write_field
 from typer.testing import CliRunner
 
 from bloodsmear.inference import batch
@@ -175,3 +175,18 @@ def test_per_image_record_is_the_paper_record(smears, tmp_path):
     rec = json.loads(batch.record_path(out, "b.jpg").read_text())
     assert rec["filename"] == "b.jpg" and len(rec["cells"]) == 2
     assert np.allclose(sorted(c["area"] for c in rec["cells"]), sorted([np.pi * 30 ** 2, np.pi * 40 ** 2]), rtol=0.1)
+
+
+def test_bench_analyze_reports_both_pipelines(smears, monkeypatch):
+    from bloodsmear.inference import bench
+    from bloodsmear.inference.pipeline import Pipeline
+
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, cfg=None: make_pipeline(scale=20)))
+    d = bench.bench_analyze(smears, limit=3, compare="maskrcnn")
+    assert d["n_fields"] == 3 and d["maskrcnn_n_fields"] == 3 and d["n_cells"] == d["maskrcnn_n_cells"] == 3
+    for k in ("fields_per_s", "maskrcnn_fields_per_s", "ratio", "peak_rss_mb", "ms_per_field"):
+        assert d[k] > 0, k
+    assert set(d["stage_ms"]) >= {"segment", "classify"}
+    photo = bench.synthetic_photo(make_field(640, 480, ONE))
+    assert photo.shape == (3024, 4032, 3) and photo.dtype == np.uint8
+    assert bench.synthetic_photo().shape == (3024, 4032, 3)

@@ -1,0 +1,157 @@
+"""`bloodsmear bench analyze`: end-to-end speed of the default pipeline and the Mask R-CNN pipeline on the
+same fields, in one process (decode, scale, segment, crop, classify, per-image outputs incl. overlays,
+aggregate files), plus an optional synthetic 4032x3024 photo timed and memory-measured in a fresh
+process."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from bloodsmear.inference.batch import analyze, collect_images
+from bloodsmear.inference.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+PHOTO_SIZE = (4032, 3024)  # width, height of an RV-PBS phone photo
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class PipelineTiming:
+    pipeline: str
+    n_fields: int
+    seconds: float
+    fields_per_s: float
+    ms_per_field: float
+    n_cells: int
+    load_s: float
+    peak_rss_mb: float  # process peak after this pipeline ran (the first pipeline's is its own)
+    stage_ms: dict
+
+
+def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True) -> PipelineTiming:
+    """Load a pipeline, warm it up on one field, then time `analyze` over `files` into a temp folder."""
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_config(config)
+    load_s = time.perf_counter() - t0
+    jobs = collect_images(files)
+    from bloodsmear.io import read_image
+
+    pipe.run(read_image(jobs[0].path), "warm-up")
+    with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
+        t0 = time.perf_counter()
+        s = analyze(files, tmp, pipe, overlays=overlays, progress=False)
+        secs = time.perf_counter() - t0
+        stage = _stage_ms(Path(tmp))
+    n = s.n_analysed
+    return PipelineTiming(config, n, secs, n / secs if secs else float("nan"), 1000 * secs / max(n, 1), s.n_cells,
+                          load_s, peak_rss_mb(), stage)
+
+
+def _stage_ms(out_dir: Path) -> dict:
+    """Mean ms per field of each pipeline stage, from the per-image records."""
+    import json
+
+    acc: dict[str, list[float]] = {}
+    for p in (out_dir / "_per_image").rglob("*.json"):
+        for k, v in json.loads(p.read_text()).get("timings_s", {}).items():
+            acc.setdefault(k, []).append(v)
+    return {k: round(1000 * float(np.mean(v)), 2) for k, v in sorted(acc.items())}
+
+
+def synthetic_photo(source: np.ndarray | None = None, size: tuple[int, int] = PHOTO_SIZE, seed: int = 0) -> np.ndarray:
+    """A 4032x3024 RGB 'phone photo': a real field enlarged 3.5x (WBCs ~700 px as in RV-PBS) and tiled
+    2x2, or, without a source, pale red discs and a few dark purple ones on a light background."""
+    w, h = size
+    if source is not None:
+        big = cv2.resize(source, None, fx=3.5, fy=3.5, interpolation=cv2.INTER_CUBIC)
+        reps = (int(np.ceil(h / big.shape[0])), int(np.ceil(w / big.shape[1])), 1)
+        return np.ascontiguousarray(np.tile(big, reps)[:h, :w])
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), (232, 214, 222), np.uint8)
+    for _ in range(400):
+        cv2.circle(img, (int(rng.integers(w)), int(rng.integers(h))), int(rng.integers(180, 220)), (205, 140, 150), -1)
+    for _ in range(4):
+        cv2.circle(img, (int(rng.integers(w)), int(rng.integers(h))), 330, (110, 60, 150), -1)
+    return img
+
+
+def _photo_worker(config: str, photo: str, repeats: int) -> dict:
+    """In a fresh process: analyse the photo `repeats` times (first one is warm-up), report time and peak RSS."""
+    import torch
+
+    torch.set_num_threads(2)
+    pipe = Pipeline.from_config(config)
+    rss_loaded = peak_rss_mb()
+    secs = []
+    for _ in range(repeats + 1):
+        with tempfile.TemporaryDirectory(prefix="bench-photo-") as tmp:
+            t0 = time.perf_counter()
+            s = analyze([photo], tmp, pipe, progress=False)
+            secs.append(time.perf_counter() - t0)
+            stage = _stage_ms(Path(tmp))
+    return {"photo_s": statistics.median(secs[1:]), "photo_first_s": secs[0], "photo_cells": s.n_cells,
+            "photo_peak_rss_mb": peak_rss_mb(), "photo_rss_after_load_mb": rss_loaded, "photo_stage_ms": stage}
+
+
+def bench_photo(config: str, source: np.ndarray | None = None, *, repeats: int = 3) -> dict:
+    """Time one synthetic 4032x3024 JPEG end to end (decode .. outputs) in a fresh spawned process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bloodsmear.io import write_image_atomic
+
+    with tempfile.TemporaryDirectory(prefix="bench-photo-in-") as tmp:
+        path = Path(tmp) / "photo_4032x3024.jpg"
+        write_image_atomic(path, synthetic_photo(source), quality=90)
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+            return ex.submit(_photo_worker, config, str(path), repeats).result()
+
+
+def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline: str = "default",
+                  compare: str | None = "maskrcnn", compare_limit: int | None = None, photo: bool = False,
+                  overlays: bool = True) -> dict:
+    """Figures: `fields_per_s`, `ms_per_field`, `peak_rss_mb` of `pipeline`; `maskrcnn_fields_per_s`,
+    `maskrcnn_ms_per_field`, `maskrcnn_peak_rss_mb` and `ratio` (speed-up) when `compare`; with `photo`,
+    `photo_s` and `photo_peak_rss_mb` of a synthetic 4032x3024 photo."""
+    jobs = collect_images([images_dir])
+    if limit:
+        jobs = jobs[:limit]
+    if not jobs:
+        from bloodsmear.errors import InputError
+
+        raise InputError(images_dir, "no images found")
+    files = [j.path for j in jobs]
+    out: dict = {"images_dir": str(images_dir), "n_fields": len(files)}
+    photo_res = None
+    if photo:  # first, so the fresh process's memory is not confused with this one's
+        from bloodsmear.io import read_image
+
+        photo_res = bench_photo(pipeline, read_image(files[0]))
+    d = time_pipeline(pipeline, files, overlays=overlays)
+    out.update({"pipeline": pipeline, "fields_per_s": d.fields_per_s, "ms_per_field": d.ms_per_field,
+                "peak_rss_mb": d.peak_rss_mb, "n_cells": d.n_cells, "stage_ms": d.stage_ms, "load_s": d.load_s})
+    if compare:
+        cfiles = files[:compare_limit] if compare_limit else files
+        m = time_pipeline(compare, cfiles, overlays=overlays)
+        out.update({"compare": compare, "maskrcnn_fields_per_s": m.fields_per_s, "maskrcnn_ms_per_field": m.ms_per_field,
+                    "maskrcnn_peak_rss_mb": m.peak_rss_mb, "maskrcnn_n_fields": m.n_fields,
+                    "maskrcnn_n_cells": m.n_cells, "maskrcnn_stage_ms": m.stage_ms,
+                    "ratio": d.fields_per_s / m.fields_per_s if m.fields_per_s else None})
+    if photo_res:
+        out.update(photo_res)
+    return out
