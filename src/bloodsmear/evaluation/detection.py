@@ -195,38 +195,34 @@ def _label_fn(labels: Sequence[str] | None, class_agnostic: bool) -> Callable[[C
 # --------------------------------------------------------------------------- COCO AP
 
 
-def _to_coco(pairs, iou_type: str, label_of) -> tuple[dict, list[dict], list[str]]:
-    """In-memory COCO ground-truth dict and result list (ids from 1)."""
-    from pycocotools import mask as mask_utils
+def _scored_copy(im: AnnotatedImage, label_of, iou_type: str, *, is_pred: bool) -> AnnotatedImage:
+    """`im` with only the kept cells, relabelled as scored; for "segm" a box-only cell becomes its box
+    polygon; a prediction without a score gets 1.0."""
+    cells = []
+    for c in im.cells:
+        lab = label_of(c)
+        if lab is None:
+            continue
+        poly = c.polygon
+        if iou_type == "segm" and c.mask is None and (poly is None or len(poly) < 3) and c.box is not None:
+            x1, y1, x2, y2 = c.box
+            poly = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=float)
+        score = (1.0 if c.score is None else float(c.score)) if is_pred else None
+        cells.append(Cell(label=lab, polygon=poly, box=c.box, mask=c.mask, mask_full=c.mask_full, score=score))
+    return AnnotatedImage(path=im.path, width=im.width, height=im.height, cells=cells)
 
-    cats = sorted({lab for g, p in pairs for c in g.cells + p.cells if (lab := label_of(c)) is not None})
-    cat_id = {c: i + 1 for i, c in enumerate(cats)}
-    images, anns, dets = [], [], []
-    for img_id, (g, p) in enumerate(pairs, start=1):
-        images.append({"id": img_id, "file_name": g.path.name, "width": int(g.width), "height": int(g.height)})
-        for cells, is_gt in ((g.cells, True), (p.cells, False)):
-            for c in cells:
-                lab = label_of(c)
-                if lab is None:
-                    continue
-                rec: dict = {"image_id": img_id, "category_id": cat_id[lab]}
-                if iou_type == "segm":
-                    m = cell_full_mask(c, int(g.height), int(g.width))
-                    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-                    rec["segmentation"] = rle
-                    rec["area"] = float(m.sum())
-                    rec["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
-                else:
-                    rec["bbox"] = _xywh(c)
-                    rec["area"] = rec["bbox"][2] * rec["bbox"][3]
-                if is_gt:
-                    rec.update({"id": len(anns) + 1, "iscrowd": 0})
-                    anns.append(rec)
-                else:
-                    rec["score"] = 1.0 if c.score is None else float(c.score)
-                    dets.append(rec)
-    gt_dict = {"images": images, "annotations": anns,
-               "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
+
+def _to_coco(pairs, iou_type: str, label_of) -> tuple[dict, list[dict], list[str]]:
+    """In-memory COCO ground-truth dict and result list (ids from 1), via `bloodsmear.data.coco`."""
+    from bloodsmear.data.coco import to_coco_dict
+
+    gts = [_scored_copy(g, label_of, iou_type, is_pred=False) for g, _ in pairs]
+    preds = [_scored_copy(p, label_of, iou_type, is_pred=True) for _, p in pairs]
+    cats = sorted({c.label for im in gts + preds for c in im.cells})
+    gt_dict = to_coco_dict(gts, cats)
+    dets = to_coco_dict(preds, cats)["annotations"]
+    for d in dets:
+        d.pop("id", None)
     return gt_dict, dets, cats
 
 
