@@ -95,3 +95,15 @@ def test_real_bccd_to_coco(data_root, tmp_path):
     c = COCO(str(dest))
     assert len(c.getImgIds()) == 364 and len(c.getAnnIds()) == 372 + 4155 + 361
     assert len(c.getAnnIds(catIds=c.getCatIds(catNms=["wbc"]))) == 372
+
+
+def test_coco_folder_layout_detected(tmp_path):
+    from bloodsmear.io import write_image_atomic
+
+    ims = _images(tmp_path / "images")
+    for im in ims:
+        write_image_atomic(im.path, np.zeros((60, 80, 3), np.uint8))
+    write_coco(tmp_path / "instances.json", ims, root=tmp_path / "images")
+    ds = load_dataset(tmp_path)  # images/ + one .json: COCO, not class folders
+    assert ds.format == "coco" and ds.images[1].path == tmp_path / "images" / "sub" / "b.jpg"
+    assert all(im.path.is_file() for im in ds.images)

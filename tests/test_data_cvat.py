@@ -58,6 +58,8 @@ def test_read_folder_of_class_subfolders(tmp_path):
     assert ds.images[0].path == tmp_path / "rv" / "BAND CELLS" / "BAND_1.jpg"  # images need not exist
     one = load_dataset(tmp_path / "rv" / "BASOPHILS" / "annotations.xml")
     assert one.format == "cvat" and len(one) == 2
+    elsewhere = load_dataset(tmp_path / "rv", "cvat", image_root=tmp_path / "photos")
+    assert elsewhere.images[0].path == tmp_path / "photos" / "BAND_1.jpg"
 
 
 def test_unparsable_xml_names_file(tmp_path):

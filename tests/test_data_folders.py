@@ -63,6 +63,7 @@ def test_autodetect_pbc_lisc_folders(tmp_path):
     assert load_dataset(tmp_path / "lisc").format == "lisc"
     _img(tmp_path / "gen" / "Lymphocytes" / "a.png")
     _img(tmp_path / "gen" / "band cell" / "b.png")
+    (tmp_path / "gen" / "split.json").write_text("{}")  # a stray JSON does not make it COCO
     ds = load(tmp_path / "gen")
     assert ds.format == "folders"
     assert ds.class_counts() == {"band_cell": 1, "lymphocyte": 1}

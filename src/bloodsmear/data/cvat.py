@@ -150,13 +150,17 @@ def cvat_files(root: Path, *, any_xml: bool = True) -> list[Path]:
     return files or (sorted(root.glob("*.xml")) if any_xml else [])
 
 
-def read_cvat(source: str | Path, *, tolerance: float = 1.0, strict: bool = True, name: str | None = None
-              ) -> Dataset:
-    """Read CVAT XML from a file, a folder of annotations.xml files, or XML text (see the module doc)."""
+def read_cvat(source: str | Path, *, tolerance: float = 1.0, strict: bool = True, name: str | None = None,
+              image_root: str | Path | None = None) -> Dataset:
+    """Read CVAT XML from a file, a folder of annotations.xml files, or XML text (see the module doc).
+
+    `image_root`: where the images are (paths ``image_root/<name>``); default: each XML file's folder.
+    """
     skipped: list[str] = []
     if isinstance(source, bytes) or (isinstance(source, str) and source.lstrip().startswith("<")):
-        images = parse_cvat_xml(source, tolerance=tolerance, strict=strict, skipped=skipped)
-        return Dataset(name=name or "cvat", root=Path("."), images=images, format="cvat", skipped=skipped)
+        base = Path(image_root) if image_root is not None else Path(".")
+        images = parse_cvat_xml(source, folder=base, tolerance=tolerance, strict=strict, skipped=skipped)
+        return Dataset(name=name or "cvat", root=base, images=images, format="cvat", skipped=skipped)
     path = Path(source)
     if not path.exists():
         raise InputError(path, "no such file or folder")
@@ -167,7 +171,8 @@ def read_cvat(source: str | Path, *, tolerance: float = 1.0, strict: bool = True
     for f in files:
         try:
             data = f.read_bytes()
-            images += parse_cvat_xml(data, folder=f.parent, src=str(f), tolerance=tolerance, strict=strict,
+            folder = Path(image_root) if image_root is not None else f.parent
+            images += parse_cvat_xml(data, folder=folder, src=str(f), tolerance=tolerance, strict=strict,
                                      skipped=skipped)
         except InputError as e:
             if strict:

@@ -3,13 +3,14 @@
     load(path, "auto")   # voc | cvat | coco | pbc | lisc | folders
 
 Detection rules (`detect_format`):
-- a ``.json`` file -> coco; a folder holding ``annotations/instances_*.json`` or one ``*.json`` -> coco
+- a ``.json`` file -> coco
 - a ``.xml`` file: root ``<annotations>`` -> cvat, root ``<annotation>`` -> voc
 - a folder with ``Annotations/`` and ``JPEGImages/`` -> voc
 - a folder holding ``annotations.xml`` (itself or one level of sub-folders) -> cvat
-- class folders exactly the 5 LISC classes -> lisc
-- class folders all PBC classes, including one of ig/erythroblast/platelet -> pbc
-- any other folder -> folders (generic class-per-folder)
+- every sub-folder a known class: exactly the 5 LISC classes -> lisc; only PBC classes, including
+  one of ig/erythroblast/platelet -> pbc; otherwise -> folders
+- a folder holding ``annotations/instances*.json`` or exactly one ``*.json`` -> coco
+- any other folder with sub-folders -> folders (generic class-per-folder)
 """
 
 from __future__ import annotations
@@ -89,19 +90,20 @@ def detect_format(path: str | Path) -> str:
 
     if cvat_files(path, any_xml=False):
         return "cvat"
-    if list((path / "annotations").glob("instances*.json")) if (path / "annotations").is_dir() else False:
-        return "coco"
-    if len(list(path.glob("*.json"))) == 1:
-        return "coco"
     from bloodsmear.data.folders import folder_classes
 
-    classes = set(folder_classes(path).values())
+    named = folder_classes(path)
     subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    if subdirs and len(classes) == len(subdirs):
+    if subdirs and len(named) == len(subdirs):  # every sub-folder is a known class
+        classes = set(named.values())
         if classes == set(LISC_CLASSES):
             return "lisc"
         if classes <= set(PBC_CLASSES) and classes & {"ig", "erythroblast", "platelet"}:
             return "pbc"
+        return "folders"
+    ann_dir = path / "annotations"
+    if (ann_dir.is_dir() and list(ann_dir.glob("instances*.json"))) or len(list(path.glob("*.json"))) == 1:
+        return "coco"
     if subdirs:
         return "folders"
     raise InputError(path, "cannot tell the dataset format: no class folders, annotations.xml, "
