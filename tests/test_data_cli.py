@@ -93,7 +93,7 @@ def test_cli_split(tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("name, images, cells", [("lisc", 242, 242), ("bccd", 364, 4888),
-                                                  ("rv-pbs-annotations", 58, 63)])
+                                                  ("rv-pbs-annotations", 58, 63), ("pbc224", 17092, 17092)])
 def test_real_summary_cli(data_root, name, images, cells):
     root = data_root / name
     if not root.is_dir():

@@ -72,6 +72,7 @@ def test_duplicates_never_straddle(tmp_path):
         assert len(m.duplicate_groups) == 10
         for i in range(10):
             assert where[f"lymphocyte/lymphocyte_{i:03d}.png"] == where[f"lymphocyte/twin_{i:03d}.png"]
+        assert m.label_conflicts() == []
 
 
 def test_manifest_roundtrip_and_subset(tmp_path):
@@ -123,8 +124,24 @@ def test_real_pbc_split_keeps_17_duplicate_pairs_together(data_root):
     assert len(where) == 17092
     for g in m.duplicate_groups:
         assert len({where[p] for p in g}) == 1
+    # one pair of identical files is filed under two classes in PBC itself
+    assert m.label_conflicts() == [[("eosinophil/EO_225902.jpg", "eosinophil"),
+                                    ("neutrophil/BNE_191112.jpg", "neutrophil")]]
     n = {s: len(v) for s, v in m.splits.items()}
     assert abs(n["test"] - 0.2 * 17092) < 10 and abs(n["val"] - 0.16 * 17092) < 10
     test_counts = Counter(e["label"] for e in m.splits["test"])
     assert abs(test_counts["basophil"] - 0.2 * 1218) <= 2
     assert np.isclose(sum(test_counts.values()), n["test"])
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["bccd", "rv-pbs-annotations", "lisc"])
+def test_real_multicell_and_small_sets_split(data_root, name):
+    from bloodsmear.data import load_dataset
+
+    ds = load_dataset(need(data_root, name))
+    m = make_split(ds, "80-10-10", 42)
+    paths = [p for s in m.splits for p in m.paths(s)]
+    assert len(paths) == len(set(paths)) == len(ds)
+    assert all(len(m.subset(ds, s)) == len(m.splits[s]) for s in m.splits)
+    assert abs(len(m.splits["test"]) - 0.1 * len(ds)) <= 1

@@ -89,4 +89,4 @@ def split(
     if json_out:
         emit_json({"manifest": str(out), "scheme": scheme, "seed": seed,
                    "sizes": {s: len(m.splits[s]) for s in names}, "counts": counts,
-                   "duplicate_groups": len(m.duplicate_groups)})
+                   "duplicate_groups": len(m.duplicate_groups), "label_conflicts": m.label_conflicts()})

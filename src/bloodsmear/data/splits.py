@@ -89,6 +89,15 @@ class SplitManifest:
         return Dataset(name=f"{dataset.name}:{split}", root=dataset.root, images=self.subset(dataset, split, **kw),
                        format=dataset.format)
 
+    def label_conflicts(self) -> list[list[tuple[str, str]]]:
+        """Duplicate groups whose files carry different labels (PBC: one eosinophil = a BNE file)."""
+        label = {e["path"]: str(e.get("label")) for es in self.splits.values() for e in es}
+        out = []
+        for g in self.duplicate_groups:
+            if len({label.get(p) for p in g}) > 1:
+                out.append([(p, label.get(p, "?")) for p in g])
+        return out
+
     def same_split(self, other: "SplitManifest") -> bool:
         return self.splits == other.splits
 
@@ -216,11 +225,15 @@ def make_split(dataset: Dataset, scheme: str = "64-16-20", seed: int = 42, *, wo
                 entries.append(e)
         splits[name] = entries
     dups = [[_rel(ordered.images[i].path, dataset.root) for i in g] for g in groups if len(g) > 1]
-    return SplitManifest(
+    manifest = SplitManifest(
         scheme=scheme, seed=int(seed), root=str(Path(dataset.root).resolve()), format=dataset.format,
         splits=splits, dataset=dataset.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         bloodsmear_version=__version__, duplicate_groups=dups,
     )
+    for g in manifest.label_conflicts():
+        log.warning("byte-identical files with different labels (kept in one split): %s",
+                    ", ".join(f"{p} ({lab})" for p, lab in g))
+    return manifest
 
 
 def save_manifest(manifest: SplitManifest, dest: str | Path) -> Path:
