@@ -110,6 +110,10 @@ def test_stratify_label_multicell():
     assert stratify_label(im) == "lymphocyte"
     im2 = AnnotatedImage("g.jpg", 10, 10, cells=[Cell("wbc", box=(0, 0, 1, 1), subclass="eosinophil")])
     assert stratify_label(im2) == "eosinophil"
+    im3 = AnnotatedImage("g.jpg", 10, 10, cells=[Cell("rbc", box=(0, 0, 1, 1)), Cell("rbc", box=(0, 0, 1, 1)),
+                                                 Cell("wbc", box=(0, 0, 1, 1))])
+    assert stratify_label(im3) == "wbc"
+    assert stratify_label(AnnotatedImage("r.jpg", 9, 9, cells=[Cell("rbc", box=(0, 0, 1, 1))])) == "rbc"
     assert stratify_label(AnnotatedImage("h.jpg", 1, 1)) == "none"
 
 

@@ -116,15 +116,16 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def stratify_label(im: AnnotatedImage) -> str:
-    """The label a split stratifies on: the image label, else the most common WBC cell label."""
+    """The label a split stratifies on: the image label, else the most common WBC cell label (a "wbc"
+    box counts as its subclass, or "wbc" when untyped), else the most common cell label, else "none"."""
     if im.label is not None:
         return im.label
     wbc = []
     for c in im.cells:
         if c.label not in _NON_WBC:
             wbc.append(c.label)
-        elif c.label == "wbc" and c.subclass:
-            wbc.append(c.subclass)
+        elif c.label == "wbc":
+            wbc.append(c.subclass or "wbc")  # BCCD: the box kind, typed from the subtype CSV
     if wbc:
         counts = Counter(wbc)
         top = max(counts.values())
