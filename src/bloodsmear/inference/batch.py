@@ -35,13 +35,20 @@ from bloodsmear.outputs.coco import write_coco_results
 from bloodsmear.outputs.counts import write_counts_csv
 from bloodsmear.outputs.cvat import write_cvat_xml
 from bloodsmear.outputs.overlay import write_overlay
-from bloodsmear.outputs.paper_json import image_record, record_to_result, write_results_json
+from bloodsmear.outputs.paper_json import (
+    image_record,
+    record_to_result,
+    results_document,
+    validate,
+    write_results_json,
+)
 from bloodsmear.types import SlideResult
 
 log = logging.getLogger(__name__)
 
 PER_IMAGE_DIR = "_per_image"
 OVERLAY_DIR = "overlays"
+VALIDATE_SAMPLE = 20  # per-image records checked against the JSON Schema when results.json is rebuilt
 AGGREGATES = ("results.json", "coco.json", "annotations.xml", "counts.csv")
 
 
@@ -229,7 +236,9 @@ def rebuild_aggregates(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summar
     results = [record_to_result(r) for r in records]
     classes = list(getattr(pipeline, "classes", []))
     describe = pipeline.describe() if hasattr(pipeline, "describe") else None
-    write_results_json(out_dir / "results.json", records, describe)
+    # records come from `image_record`; checking a sample against the schema keeps big runs fast
+    validate(results_document(records[:VALIDATE_SAMPLE], describe), path=out_dir / "results.json")
+    write_results_json(out_dir / "results.json", records, describe, check=False)
     write_coco_results(out_dir / "coco.json", results, classes)
     write_cvat_xml(out_dir / "annotations.xml", results, classes)
     write_counts_csv(out_dir / "counts.csv", results, classes)

@@ -47,7 +47,7 @@ class FolderClassifier:
 
         self.folder = Path(folder)
         self.model = load_model(self.folder)
-        self.classes = list(_classes_of(self.model))
+        self.classes = list(self.model.info.classes)
 
     def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         from bloodsmear.inference.classify import predict_proba
@@ -55,17 +55,6 @@ class FolderClassifier:
         if not len(crops):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.asarray(predict_proba(self.model, list(crops)))
-
-
-def _classes_of(model) -> list[str]:
-    for attr in ("classes", "class_names"):
-        v = getattr(model, attr, None)
-        if v is None and hasattr(model, "config"):
-            cfg = model.config
-            v = cfg.get(attr) if isinstance(cfg, dict) else getattr(cfg, attr, None)
-        if v is not None:
-            return list(v)
-    raise InputError(getattr(model, "folder", None), "classifier model folder has no class list")
 
 
 def load_classifier(folder: str | Path) -> FolderClassifier:

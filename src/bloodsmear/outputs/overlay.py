@@ -14,6 +14,9 @@ from bloodsmear.io import atomic_path
 from bloodsmear.types import SlideResult
 
 MAX_SIDE = 1600  # longest side of an overlay image
+#: Fast lossless PNG settings (~2x faster than OpenCV's default filter choice, files as small).
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 REVIEW_COLOUR = (255, 140, 0)  # RGB orange: cells whose final score is below the review threshold
 
 # A fixed, colour-blind-friendly palette (RGB); classes get a stable colour from their name.
@@ -76,7 +79,7 @@ def render_overlay(rgb: np.ndarray, result: SlideResult, *, max_side: int = MAX_
 def write_overlay(dest: str | Path, rgb: np.ndarray, result: SlideResult, *, max_side: int = MAX_SIDE) -> Path:
     """Render and write a PNG atomically (fast PNG compression: overlays are written per image)."""
     img = render_overlay(rgb, result, max_side=max_side)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), PNG_PARAMS)
     if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB
         raise RuntimeError(f"{dest}: could not encode overlay")
     dest = Path(dest)
