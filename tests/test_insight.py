@@ -62,7 +62,7 @@ def test_grad_cam_shape_range_and_target():
     net = _cnn()
     x = torch.rand(2, 3, 20, 24)
     r = grad_cam(net, x)
-    assert r.layer == "2"
+    assert r.layer == "3"  # the last spatial map: the ReLU after the second conv
     assert r.maps.shape == (2, 20, 24)
     assert r.maps.min() >= 0.0 and r.maps.max() <= 1.0
     assert r.classes == net(x).argmax(1).tolist()
@@ -130,3 +130,16 @@ def test_tsne_plot_with_domains(tmp_path, rng):
     assert emb.shape == (20, 2) and out.stat().st_size > 1000
     with pytest.raises(ValueError, match="domain"):
         tsne_plot(feats, [0] * 20, domains=[0] * 3, out=out)
+
+
+def test_grad_cam_on_the_paper_classifier():
+    from bloodsmear.models.classifier import build_classifier
+    from bloodsmear.viz.insight import default_cam_layer
+
+    model = build_classifier("tiny_cnn", 4, mode="frozen")
+    x = torch.rand(2, 3, 32, 32)
+    assert default_cam_layer(model, x) == "backbone.body"  # the whole feature extractor's output
+    r = grad_cam(model, x)
+    assert r.maps.shape == (2, 32, 32) and 0.0 <= r.maps.min() and r.maps.max() <= 1.0
+    f, y = penultimate_features(model, [(x, torch.tensor([0, 3]))])
+    assert f.shape == (2, 128)  # the paper's Dense(128)

@@ -29,3 +29,34 @@ def bench_analyze_cmd(
     print_table("bench analyze", ["figure", "value"], [(k, v) for k, v in d.items() if not isinstance(v, dict)])
     if json_out:
         emit_json(d)
+
+
+@app.command("grid")
+def bench_grid_cmd(
+    config: str = typer.Argument(..., help="Grid config (YAML), e.g. configs/grid/small-cpu.yaml."),
+    only: list[str] = typer.Option(None, "--only", help="Run only rows whose id contains this (repeatable)."),
+    rerun: bool = typer.Option(False, "--rerun", help="Run every row again (default: skip rows already done)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the table as one JSON object (last line)."),
+) -> None:
+    """The paper's Tables 3/4: backbones x frozen/fine-tuned x datasets -> results.csv + results.md (resumable)."""
+    from bloodsmear.cli.common import emit_json, print_table
+    from bloodsmear.errors import BloodsmearError
+    from bloodsmear.training.grid import load_grid_config, result_table, run_grid
+
+    try:
+        res = run_grid(load_grid_config(config), only=only or None, rerun=rerun)
+    except BloodsmearError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    cols, rows = result_table(res.rows)
+    short = [cols.index(c) for c in ("dataset", "backbone", "weights", "mode", "accuracy", "macro_precision",
+                                      "macro_recall", "macro_f1", "train_time_s")]
+    print_table(f"grid {res.config.name} (test split, %; every setting in the CSV)", ["data", "backbone", "weights",
+                "mode", "acc", "P", "R", "F1", "train s"], [[r[i] for i in short] for r in rows])
+    failed = [s for s in res.skipped if ": failed:" in s]
+    typer.echo(f"{len(res.rows)} row(s) in {res.csv_path} and {res.md_path}; {len(failed)} failed", err=True)
+    if json_out:
+        emit_json({"name": res.config.name, "columns": cols, "rows": rows, "skipped": res.skipped,
+                   "csv": str(res.csv_path), "markdown": str(res.md_path)})
+    if failed:
+        raise typer.Exit(1)

@@ -26,9 +26,10 @@ _GROUPS = [
     ("bloodsmear.cli.models", "app", "models"),
 ]
 _COMMAND_MODULES = [
-    "bloodsmear.cli.classifier",  # train, classify, eval-classifier, complexity
+    "bloodsmear.cli.classifier",  # train, classify, eval-classifier
     "bloodsmear.cli.analyze",  # analyze, evaluate
     "bloodsmear.cli.adapt",  # adapt
+    "bloodsmear.cli.insight",  # complexity, insight actmax/gradcam/tsne
 ]
 
 

@@ -344,9 +344,9 @@ def model_complexity(
 
 def build_classifier_for_complexity(name: str, mode: str, num_classes: int) -> nn.Module:
     """The paper's classifier with random weights, via the classifier core (models/classifier.py)."""
-    from bloodsmear.models import classifier as clf
+    from bloodsmear.models.classifier import build_classifier
 
-    return clf.build_classifier_module(name, num_classes=num_classes, mode=mode, pretrained=False)
+    return build_classifier(name, num_classes, mode=mode, pretrained=False)
 
 
 def complexity_rows(results: list[Complexity]) -> tuple[list[str], list[list]]:

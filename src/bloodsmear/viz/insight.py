@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -45,6 +46,40 @@ def last_conv_layer(model: nn.Module) -> str:
     if not convs:
         raise ValueError("model has no Conv2d layer: name a target layer explicitly")
     return convs[-1]
+
+
+def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """The module whose output is the network's last spatial feature map (what Grad-CAM explains).
+
+    Found by one forward pass: the last module to finish with a 4-D output larger than 1x1 (for a
+    MobileNetV2 that is the whole `features` block, after its final activation; for a timm ResNet,
+    `layer4`). A network without one (a ViT) gets its last module with a (N, tokens, C) output.
+    """
+    order: list[tuple[str, int]] = []
+    names = {id(m): n for n, m in model.named_modules() if n}
+    hooks = []
+    for m in model.modules():
+        if id(m) in names:
+            def hook(mod, _i, out, _n=names[id(m)]):
+                t = out if isinstance(out, torch.Tensor) else None
+                if t is not None and ((t.ndim == 4 and t.shape[-1] * t.shape[-2] > 1) or t.ndim == 3):
+                    order.append((_n, t.ndim))
+            hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    four = [n for n, d in order if d == 4]
+    if four:
+        return four[-1]
+    if order:
+        return order[-1][0]
+    raise ValueError("no layer with a spatial output found: name a target layer explicitly")
 
 
 def _as_4d(out: torch.Tensor) -> torch.Tensor:
@@ -195,10 +230,10 @@ class GradCamResult:
 def grad_cam(model: nn.Module, x: torch.Tensor, *, layer: str | None = None, target: Sequence[int] | int | None = None) -> GradCamResult:
     """Grad-CAM (Selvaraju et al. 2017) for a normalised batch `x` (N, 3, H, W).
 
-    `layer` defaults to the last Conv2d; `target` defaults to each image's predicted class.
+    `layer` defaults to `default_cam_layer` (the last spatial feature map); `target` defaults to each image's predicted class.
     Each map is ReLU(sum_k alpha_k A_k), upsampled bilinearly to (H, W) and scaled to [0, 1].
     """
-    layer = layer or last_conv_layer(model)
+    layer = layer or default_cam_layer(model, x)
     mod = get_layer(model, layer)
     store: dict[str, torch.Tensor] = {}
 
@@ -278,3 +313,66 @@ def penultimate_features(model: nn.Module, batches, *, layer: str | None = None)
     if not feats:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
     return torch.cat(feats).float().numpy(), torch.cat(labels).long().numpy()
+
+
+# ---------------------------------------------------------------- on a model folder (the CLI's work)
+
+
+def actmax_model(ref: str | Path, layer: str | None, filters: Sequence[int], out: str | Path, *, steps: int = 80,
+                 size: int | None = None, seed: int = 0) -> dict:
+    """Activation maximisation of `filters` of `layer` (default: the last conv) of a model folder or
+    shipped name; one PNG tiling every filter's image. Returns a summary dict."""
+    from bloodsmear.io import write_image_atomic
+    from bloodsmear.models.artifact import load_model
+
+    lm = load_model(ref)
+    model = lm.model
+    layer = layer or last_conv_layer(model)
+    results = [activation_maximisation(model, layer, int(k), size=size or lm.info.input_size, steps=steps,
+                                       mean=lm.info.mean, std=lm.info.std, seed=seed + i) for i, k in enumerate(filters)]
+    write_image_atomic(out, actmax_grid(results), quality=95)
+    return {"model": str(lm.path), "layer": layer, "out": str(out), "steps": steps,
+            "filters": [{"filter": r.filter, "start_activation": r.start_activation,
+                         "final_activation": r.final_activation} for r in results]}
+
+
+def gradcam_model(ref: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *, layer: str | None = None,
+                  target: str | None = None, batch_size: int = 16) -> dict:
+    """Grad-CAM over single-cell images (files or folders): `<stem>_gradcam.png` per image (the cell |
+    the heat map over it), the predicted class and probability per image. Bad files are skipped and
+    counted."""
+    from bloodsmear.io import list_images, read_image, write_image_atomic
+    from bloodsmear.models.artifact import load_model
+    from bloodsmear.training.data import fit_image, to_tensor
+
+    lm = load_model(ref)
+    info, model = lm.info, lm.model
+    tgt = None
+    if target is not None:
+        if target not in info.classes:
+            raise KeyError(f"unknown target class {target!r} (model classes: {', '.join(info.classes)})")
+        tgt = info.classes.index(target)
+    paths = [p for i in inputs for p in list_images(Path(i), include_hidden=False)]
+    out_dir = Path(out_dir)
+    rows, skipped = [], []
+    for b in range(0, len(paths), batch_size):
+        imgs, ok = [], []
+        for p in paths[b:b + batch_size]:
+            try:
+                imgs.append(fit_image(read_image(p), info.input_size, info.crop_fraction))
+                ok.append(p)
+            except Exception as e:  # noqa: BLE001 - InputError and decoder errors: report, go on
+                skipped.append(f"{p}: {e}")
+                log.warning("skipped %s: %s", p, e)
+        if not imgs:
+            continue
+        x = to_tensor(np.stack(imgs), info.mean, info.std, channels_last=False)
+        r = grad_cam(model, x, layer=layer, target=tgt)
+        for p, img, cam, cls, pr in zip(ok, imgs, r.maps, r.classes, r.probs):
+            dest = out_dir / f"{p.stem}_gradcam.png"
+            write_image_atomic(dest, np.concatenate([img, overlay_heatmap(img, cam)], axis=1))
+            rows.append({"image": str(p), "out": str(dest), "class": info.classes[cls],
+                         "probability": float(pr[cls]), "predicted": info.classes[int(pr.argmax())]})
+        layer = r.layer
+    return {"model": str(lm.path), "layer": layer, "out_dir": str(out_dir), "n_images": len(rows),
+            "n_skipped": len(skipped), "skipped": skipped, "images": rows}

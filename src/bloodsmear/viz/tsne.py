@@ -116,3 +116,45 @@ def tsne_plot(
     plt.close(fig)
     log.info("t-SNE of %d points -> %s", len(feats), out)
     return emb
+
+
+def tsne_model(ref: str | Path, dataset: str | Path, out: str | Path, *, n: int = 500, fmt: str = "auto",
+               seed: int = 0, batch_size: int = 64, perplexity: float = 30.0) -> dict:
+    """t-SNE of a model's penultimate (Dense(128)) features over a seeded, class-stratified sample of
+    `n` images of a class-per-folder dataset, coloured by the true class. Returns a summary dict."""
+    import random
+
+    from bloodsmear.data import load_dataset
+    from bloodsmear.models.artifact import load_model
+    from bloodsmear.training.data import decode_images, to_tensor
+    from bloodsmear.viz.insight import penultimate_features
+
+    lm = load_model(ref)
+    ds = load_dataset(dataset, fmt)
+    by_class: dict[str, list] = {}
+    for im in ds.images:
+        if im.label:
+            by_class.setdefault(im.label, []).append(im.path)
+    if not by_class:
+        raise ValueError(f"{dataset}: no labelled single-cell images")
+    total = sum(len(v) for v in by_class.values())
+    rnd = random.Random(seed)
+    paths, labels = [], []
+    for lab in sorted(by_class):  # proportional, at least one per class
+        k = min(len(by_class[lab]), max(1, round(n * len(by_class[lab]) / total)))
+        for p in rnd.sample(sorted(by_class[lab]), k):
+            paths.append(p)
+            labels.append(lab)
+    info = lm.info
+    arr, good, bad = decode_images(paths, info.input_size, info.crop_fraction, skip_bad=True)
+    labels = [labels[i] for i in good]
+    names = sorted(set(labels))
+    y = np.array([names.index(v) for v in labels])
+    batches = ((to_tensor(arr[i:i + batch_size], info.mean, info.std, channels_last=False), y[i:i + batch_size])
+               for i in range(0, len(arr), batch_size))
+    feats, _ = penultimate_features(lm.model, batches)
+    tsne_plot(feats, y, out=out, class_names=names, perplexity=perplexity, seed=seed,
+              title=f"{lm.path.name}: penultimate features, {len(feats)} images of {Path(dataset).name}")
+    return {"model": str(lm.path), "dataset": str(dataset), "out": str(out), "n_images": int(len(feats)),
+            "feature_dim": int(feats.shape[1]), "n_skipped": len(bad), "skipped": bad,
+            "per_class": {c: labels.count(c) for c in names}}
