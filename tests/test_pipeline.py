@@ -147,3 +147,19 @@ def test_shipped_pipeline_configs_load():
         cfg = PipelineConfig.load(name)
         assert cfg.name == name and cfg.segmenter and cfg.screening
     assert PipelineConfig.load(None).name == "default"
+
+
+def test_crops_are_framed_like_pbc_images_relative_to_the_red_cells():
+    from bloodsmear.inference.stages import crop_cells, frame_crop
+    from bloodsmear.types import Cell
+
+    rgb = make_field(400, 300, [(200, 150, 20, "lymphocyte"), (20, 20, 15, "neutrophil")])
+    cells = [Cell("wbc", box=(180, 130, 220, 170)), Cell("wbc", box=(5, 5, 35, 35))]
+    a, b = crop_cells(rgb, cells, rbc_px=20, frame_rbc=5)
+    assert a.shape == (100, 100, 3) and b.shape == (100, 100, 3)
+    assert np.array_equal(a[50, 50], rgb[150, 200])  # centred on the cell
+    assert tuple(b[0, 0]) == tuple(int(v) for v in np.median(rgb[::16, ::16].reshape(-1, 3), axis=0))  # filled
+    big = frame_crop(rgb, (100, 100, 300, 200), 50, None)  # a cell larger than the frame widens it
+    assert big.shape[1] >= 200
+    tight = crop_cells(rgb, cells[:1], rbc_px=None, padding=0.25)[0]
+    assert 40 <= tight.shape[0] < 100 and 40 <= tight.shape[1] < 100  # box crop: around the cell only

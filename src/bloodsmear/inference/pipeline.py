@@ -26,7 +26,13 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from bloodsmear.errors import InputError
-from bloodsmear.inference.stages import crop_cells, estimate_rbc_diameter_px, load_classifier, resolve_ref
+from bloodsmear.inference.stages import (
+    PBC_FRAME_RBC,
+    crop_cells,
+    estimate_rbc_diameter_px,
+    load_classifier,
+    resolve_ref,
+)
 from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
 from bloodsmear.settings import ZOO_DIR
 from bloodsmear.types import Cell, SlideResult, polygon_box
@@ -70,7 +76,8 @@ class PipelineConfig:
     refine_classes: list[str] | None = None  # None: every class the refine model knows
     review_threshold: float = 0.5  # final score below this -> review flag (class kept)
     scale: str | float = "auto"  # "auto" or the typical red-cell diameter in pixels of the input images
-    crop_padding: float | None = None  # None: the crop function's default
+    crop_frame_rbc: float | None = PBC_FRAME_RBC  # crop side in red-cell diameters (PBC framing); None: box crops
+    crop_padding: float | None = None  # box crops only: None = the crop function's default
     detection_threshold: float | None = None  # None: the segmenter's own threshold
     tile_size: int = 1024  # working-scale images larger than this are segmented in overlapping tiles
     tile_overlap: int = 256  # >= the largest WBC diameter at working scale
@@ -208,8 +215,9 @@ class Pipeline:
                     cells.append(_shift(c, x0, y0))
         return cells
 
-    def classify(self, rgb: np.ndarray, cells: list[Cell]) -> None:
-        """Fill label, score and the stage attributes of every cell (crops from `rgb`, original pixels)."""
+    def classify(self, rgb: np.ndarray, cells: list[Cell], rbc_px: float | None = None) -> None:
+        """Fill label, score and the stage attributes of every cell (crops from `rgb`, original pixels;
+        `rbc_px`: the red-cell diameter there, for PBC-framed crops)."""
         if not cells:
             return
         if isinstance(self.screening, WbcOnly):  # segmenter-only: no crops, the detection score stands
@@ -217,7 +225,8 @@ class Pipeline:
                 c.attributes.update(screening_label="wbc", screening_score=c.score, refined_label=None,
                                     refined_score=None, review=False)
             return
-        crops = crop_cells(rgb, cells, padding=self.config.crop_padding)
+        crops = crop_cells(rgb, cells, padding=self.config.crop_padding, rbc_px=rbc_px,
+                           frame_rbc=self.config.crop_frame_rbc)
         probs = np.asarray(self.screening.predict_proba(crops), dtype=float)
         s_idx = probs.argmax(axis=1)
         s_cls = list(self.screening.classes)
@@ -264,7 +273,7 @@ class Pipeline:
         """Analyse one RGB uint8 image (not modified). `scale` overrides the config's scale."""
         result = self.detect(rgb, scale=scale, name=name, path=path)
         t0 = time.perf_counter()
-        self.classify(rgb, result.cells)
+        self.classify(rgb, result.cells, result.rbc_diameter_px)
         result.timings["classify"] = time.perf_counter() - t0
         return result
 

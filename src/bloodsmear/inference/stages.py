@@ -39,30 +39,31 @@ def resolve_ref(ref: str | Path, base_dir: str | Path | None = None) -> Path:
     raise InputError(ref, f"no such model folder (shipped models: {', '.join(shipped) or 'none'})")
 
 
-class FolderClassifier:
-    """A classifier model folder as the pipeline's `CellClassifier` (batched predict_proba)."""
+def load_classifier(folder: str | Path):
+    """A classifier model folder as the pipeline's `CellClassifier` (`classes`, batched `predict_proba`)."""
+    from bloodsmear.inference.classify import CellClassifier
 
-    def __init__(self, folder: Path):
-        from bloodsmear.models.artifact import load_model
-
-        self.folder = Path(folder)
-        self.model = load_model(self.folder)
-        self.classes = list(self.model.info.classes)
-
-    def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        from bloodsmear.inference.classify import predict_proba
-
-        if not len(crops):
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return np.asarray(predict_proba(self.model, list(crops)))
+    return CellClassifier.load(Path(folder))
 
 
-def load_classifier(folder: str | Path) -> FolderClassifier:
-    return FolderClassifier(Path(folder))
+#: PBC cell images (360x363, the classifiers' training data) span ~5.45 red-cell diameters (RBCs ~66 px,
+#: measured with `preprocess.scale.estimate_rbc_diameter` on PBC's platelet and neutrophil images).
+PBC_FRAME_RBC = 5.45
 
 
-def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], *, padding: float | None = None) -> list[np.ndarray]:
-    """One crop per cell from the original image (views where possible; `rgb` is not modified)."""
+def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], *, padding: float | None = None,
+               rbc_px: float | None = None, frame_rbc: float | None = PBC_FRAME_RBC) -> list[np.ndarray]:
+    """One crop per cell from the original image (`rgb` is not modified).
+
+    With `rbc_px` (red-cell diameter, original px) and `frame_rbc`, each crop is framed as a PBC image:
+    a square of `frame_rbc` red-cell diameters centred on the cell (larger when the cell needs it), so a
+    cell keeps its size relative to the red cells, as the classifier saw in training; parts outside the
+    field are filled with the field's median colour. Otherwise the crop function of `preprocess.crop`
+    (or a square around the box with `padding`) is used.
+    """
+    if rbc_px and frame_rbc:
+        fill = np.median(rgb[::16, ::16].reshape(-1, 3), axis=0)
+        return [frame_crop(rgb, c.box, rbc_px * frame_rbc, fill) for c in cells]
     try:
         from bloodsmear.preprocess.crop import crop_cell
     except ImportError:
@@ -72,19 +73,26 @@ def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], *, padding: float | None 
         if crop_cell is not None:
             out.append(crop_cell(rgb, c) if padding is None else crop_cell(rgb, c, padding=padding))
         else:
-            out.append(_square_crop(rgb, c.box, 0.15 if padding is None else padding))
+            x1, y1, x2, y2 = c.box
+            side = max(x2 - x1, y2 - y1) * (1 + 2 * (0.15 if padding is None else padding))
+            out.append(frame_crop(rgb, c.box, side, None))
     return out
 
 
-def _square_crop(rgb: np.ndarray, box, padding: float) -> np.ndarray:
-    """A square around the box centre, side = longest box side * (1 + 2 * padding), clipped to the image."""
+def frame_crop(rgb: np.ndarray, box, side: float, fill=None) -> np.ndarray:
+    """A square of `side` px (at least 1.1 x the box's longest side) centred on the box. Outside the image
+    it is filled with `fill` (an RGB colour) or, with `fill=None`, clipped to the image (a view)."""
     h, w = rgb.shape[:2]
     x1, y1, x2, y2 = box
-    side = max(x2 - x1, y2 - y1) * (1 + 2 * padding)
+    side = max(side, 1.1 * max(x2 - x1, y2 - y1), 2.0)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    xa, ya = int(max(0, round(cx - side / 2))), int(max(0, round(cy - side / 2)))
-    xb, yb = int(min(w, round(cx + side / 2))), int(min(h, round(cy + side / 2)))
-    return rgb[ya:max(yb, ya + 1), xa:max(xb, xa + 1)]
+    xa, ya = int(round(cx - side / 2)), int(round(cy - side / 2))
+    xb, yb = xa + int(round(side)), ya + int(round(side))
+    inner = rgb[max(0, ya):min(h, yb), max(0, xa):min(w, xb)]
+    if fill is None or (xa >= 0 and ya >= 0 and xb <= w and yb <= h):
+        return inner
+    return cv2.copyMakeBorder(inner, max(0, -ya), max(0, yb - h), max(0, -xa), max(0, xb - w),
+                              cv2.BORDER_CONSTANT, value=[float(v) for v in fill])
 
 
 def estimate_rbc_diameter_px(rgb: np.ndarray, *, max_side: int = 1024) -> float | None:
