@@ -60,3 +60,44 @@ def bench_grid_cmd(
                    "csv": str(res.csv_path), "markdown": str(res.md_path)})
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("domains")
+def bench_domains_cmd(
+    config: str = typer.Argument(..., help="Domains config (YAML), e.g. configs/domains/pbc_lisc.yaml."),
+    only: list[str] = typer.Option(None, "--only", help="Run only these run ids (repeatable), e.g. src_A dann_A_B."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object (last line)."),
+) -> None:
+    """The paper's Tables 5/6 + stain normalisation across two domains -> CSV + Markdown tables (resumable)."""
+    from bloodsmear.cli.common import emit_json, print_table
+    from bloodsmear.errors import BloodsmearError
+    from bloodsmear.training.domains import load_domains_config, run_domains, summary
+
+    try:
+        res = run_domains(load_domains_config(config), only=only or None)
+    except BloodsmearError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    cols = ("table", "run", "method", "trained_on", "tested_on", "macro_precision", "macro_recall", "macro_f1",
+            "accuracy", "n")
+    print_table(f"domains (test splits, %) -> {res.out_dir}", list(cols), [[r[c] for c in cols] for r in res.rows])
+    if json_out:
+        emit_json({"rows": res.rows, "macro_f1": summary(res.rows), "out_dir": str(res.out_dir), "files": res.files})
+
+
+@app.command("classify")
+def classify_bench(
+    model: str = typer.Option("default", "--model", "-m", help="Model folder or shipped name."),
+    n: int = typer.Option(2000, "--n", help="Crops to classify (timed)."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    threads: int = typer.Option(2, "--threads", help="torch threads (the target is 2 cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Classifier throughput end to end from decoded 224 px crops, batched (figure: cells_per_s)."""
+    from bloodsmear.cli.common import emit_json, print_table
+    from bloodsmear.inference.classify import bench_classify
+
+    r = bench_classify(model, n=n, batch_size=batch_size, threads=threads)
+    print_table("bench classify", ["figure", "value"], list(r.items()))
+    if as_json:
+        emit_json(r)

@@ -11,7 +11,7 @@
 - BCCD (640x480 fields, VOC boxes): each WBC box of an image with exactly one WBC and one subtype
   label, a square of `box_scale` x the box side around the box centre.
 
-Squares that reach past the image border are padded by reflection. The cache is one .npz per
+Squares that reach past a field's border are moved inside it. The cache is one .npz per
 (domain, size, crop settings); splits are H1's seeded manifests over the *source images*
 (`bloodsmear.data.splits.make_split`), so a crop is in exactly one split.
 """
@@ -31,7 +31,7 @@ from bloodsmear.errors import InputError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DOMAINS = ("pbc", "lisc", "bccd", "folder")
 
 
@@ -43,7 +43,7 @@ class DomainSpec:
     root: str = ""  # dataset folder; relative names resolve against the data root
     size: int = 80  # output crop side (px)
     crop_side: int = 160  # LISC: square side around the located WBC (px, original field)
-    box_scale: float = 2.2  # BCCD: square side = box_scale * max(box w, h)
+    box_scale: float = 1.6  # BCCD: square side = box_scale * max(box w, h)
     max_per_class: int | None = None  # subsample (seeded) before splitting; None = all
     seed: int = 0
 
@@ -112,11 +112,18 @@ def locate_wbc(rgb: np.ndarray, *, min_area_frac: float = 0.0005) -> tuple[float
     return float(cx), float(cy), float(np.sqrt(areas[k - 1] / np.pi))
 
 
-def crop_square(rgb: np.ndarray, cx: float, cy: float, side: int) -> np.ndarray:
-    """A side x side square centred on (cx, cy); parts outside the image are filled by reflection."""
+def crop_square(rgb: np.ndarray, cx: float, cy: float, side: int, *, keep_inside: bool = True) -> np.ndarray:
+    """A side x side square around (cx, cy).
+
+    `keep_inside`: where the square would cross the border it is moved inside the image (the cell
+    then sits off-centre) rather than padded; parts that still fall outside (a side larger than the
+    image) are filled by reflection.
+    """
     h, w = rgb.shape[:2]
-    half = side / 2.0
-    x1, y1 = int(round(cx - half)), int(round(cy - half))
+    x1, y1 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    if keep_inside:
+        x1 = min(max(x1, 0), max(w - side, 0))
+        y1 = min(max(y1, 0), max(h - side, 0))
     x2, y2 = x1 + side, y1 + side
     pad = max(0, -x1, -y1, x2 - w, y2 - h)
     if pad:

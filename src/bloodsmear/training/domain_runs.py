@@ -1,0 +1,226 @@
+"""One cross-domain training run (supervised or DANN, with or without stain normalisation) on cached maps.
+
+Used by `bloodsmear.training.domains` (the paper's Tables 5/6). A run trains the top of a registered
+backbone (blocks from `train_from` on, pooling, Dense(128) head; the frozen lower blocks' maps are
+cached once per crop and augmented view, see `feature_cache`) with the one training engine
+(`trainer.fit` -> `engine.train_one_epoch`) and the objective named in the run ("supervised" or
+"dann"; DANN gets the target domain's *unlabelled* training crops as a second loader with the same
+batch size). The result is an ordinary model folder, scored on every domain's test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bloodsmear.training.domain_data import DomainCrops, DomainSpec, build_domain, split_domain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSpec:
+    """What one run trains on: labelled `train` domains, objective, unlabelled `target`, stain normalisation."""
+
+    id: str
+    train: list[str]  # domain keys with labels used for training, e.g. ["A"] or ["A", "B"]
+    objective: str = "supervised"  # supervised | dann
+    target: str | None = None  # dann: the domain whose unlabelled train crops are the target
+    stain: bool = False  # Reinhard-normalise every crop to the stain reference first
+
+
+@dataclass
+class Prepared:
+    """Each domain's crops and split (indices into the crops) and the stain normaliser."""
+
+    crops: dict[str, DomainCrops]
+    splits: dict[str, dict[str, np.ndarray]]
+    manifests: dict[str, dict]
+    classes: list[str]
+    stain: object | None = None  # ReinhardNormalizer fitted on the reference domain's train crops
+    normalized: dict[str, np.ndarray] = field(default_factory=dict)  # key -> normalised crops (lazy)
+    specs: dict[str, dict] = field(default_factory=dict)  # key -> DomainSpec as a dict
+    scheme: str = "64-16-20"
+    split_seed: int = 42
+
+    def images(self, key: str, stain: bool) -> np.ndarray:
+        if not stain:
+            return self.crops[key].images
+        if key not in self.normalized:
+            self.normalized[key] = np.stack([self.stain(im) for im in self.crops[key].images])
+        return self.normalized[key]
+
+
+def prepare_domains(domains: dict[str, dict], classes: list[str], *, scheme: str, split_seed: int, size: int,
+                    cache_dir: Path, stain_reference: str | None = None) -> Prepared:
+    from bloodsmear.preprocess.color import ReinhardNormalizer
+
+    crops, splits, manifests = {}, {}, {}
+    for key, d in domains.items():
+        spec = DomainSpec(**{"size": size, **d})
+        crops[key] = build_domain(spec, classes, cache_dir=cache_dir)
+        splits[key], m = split_domain(crops[key], scheme=scheme, seed=split_seed)
+        manifests[key] = m.to_dict()
+        log.info("domain %s (%s): %s", key, spec.name, {s: len(v) for s, v in splits[key].items()})
+    stain = None
+    if stain_reference:
+        ref = crops[stain_reference].images[splits[stain_reference]["train"]]
+        stain = ReinhardNormalizer(per_image=True).fit(list(ref))
+    return Prepared(crops, splits, manifests, list(classes), stain,
+                    specs={k: asdict(DomainSpec(**{"size": size, **d})) for k, d in domains.items()},
+                    scheme=scheme, split_seed=split_seed)
+
+
+# ------------------------------------------------------------------------------------------- map cache
+@dataclass
+class MapSettings:
+    backbone: str = "mobilenet_v2"
+    train_from: int = 17
+    views: int = 4  # per training crop: the crop itself + views-1 augmented copies
+    augment: str = "paper_dann"
+    aug_seed: int = 0
+
+
+def _maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSettings, cache_dir: Path,
+          mean, std) -> torch.Tensor:
+    from bloodsmear.preprocess.augment_paper import PaperPolicy
+    from bloodsmear.training.feature_cache import cached_views
+
+    idx = prep.splits[key][part]
+    dom = prep.crops[key]
+    views = ms.views if part == "train" else 1
+    h = hashlib.sha1(json.dumps([dom.paths[i] for i in idx] + [asdict(ms), stain, views, part,
+                                (prep.stain.to_dict() if stain else None)], default=str).encode()).hexdigest()[:12]
+    cache = cache_dir / f"maps_{dom.name}_{part}_{h}.pt"
+    policy = PaperPolicy() if ms.augment == "paper_dann" else None
+    return cached_views(tail, prep.images(key, stain)[idx], policy=policy, views=views, seed=ms.aug_seed,
+                        mean=mean, std=std, cache=cache, progress=True)
+
+
+# ------------------------------------------------------------------------------------------------- run
+@dataclass
+class RunSettings:
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    hidden: int = 128
+    dropout: float = 0.2
+    pretrained: bool = True
+    seed: int = 0
+    dann: dict = field(default_factory=dict)  # DANNObjective options (lambda_schedule, gamma, max_lambda, ...)
+    select_best_supervised: bool = True  # supervised runs keep the best source-val epoch; DANN runs the last
+
+
+def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, out_dir: Path, cache_dir: Path,
+              *, progress: bool = True) -> dict:
+    """Train one run (resumable), save its model folder, score it on every domain's test split."""
+    from bloodsmear.io import write_json_atomic
+    from bloodsmear.models.classifier import build_classifier
+    from bloodsmear.training.engine import evaluate
+    from bloodsmear.training.feature_cache import MapLoader, TailModel
+    from bloodsmear.training.objectives import build_objective
+    from bloodsmear.training.trainer import fit
+
+    import bloodsmear.training.dann_objective  # noqa: F401 - registers "dann"
+
+    out = out_dir / run.id
+    settings = {"run": asdict(run), "maps": asdict(ms), "train": asdict(rs), "classes": prep.classes}
+    done = out / "result.json"
+    if done.is_file():
+        prev = json.loads(done.read_text())
+        if prev.get("settings") == json.loads(json.dumps(settings)):
+            log.info("run %s: done already (%s)", run.id, done)
+            return prev
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(rs.seed)
+    model = build_classifier(ms.backbone, len(prep.classes), mode="finetune", pretrained=rs.pretrained,
+                             hidden=rs.hidden, dropout=rs.dropout)
+    tail = TailModel(model, ms.train_from)
+    spec = model.backbone.spec
+
+    def maps(key: str, part: str) -> torch.Tensor:
+        return _maps(prep, tail, key, part, run.stain, ms, cache_dir, spec.mean, spec.std)
+
+    def labels(key: str, part: str) -> np.ndarray:
+        return prep.crops[key].labels[prep.splits[key][part]]
+
+    tr_x = torch.cat([maps(k, "train") for k in run.train])
+    tr_y = np.concatenate([labels(k, "train") for k in run.train])
+    va_x = torch.cat([maps(k, "val") for k in run.train])
+    va_y = np.concatenate([labels(k, "val") for k in run.train])
+    train_loader = MapLoader(tr_x, tr_y, batch_size=rs.batch_size, shuffle=True, seed=rs.seed, drop_last=True)
+    val_loader = MapLoader(va_x, va_y, batch_size=256, shuffle=False)
+    target_loader = None
+    kw: dict = {}
+    if run.objective == "dann":
+        if not run.target:
+            raise ValueError(f"run {run.id}: the dann objective needs a target domain")
+        # unlabelled: the target loader carries no labels at all
+        target_loader = MapLoader(maps(run.target, "train"), None, batch_size=rs.batch_size, shuffle=True,
+                                  seed=rs.seed + 1, drop_last=True)
+        kw = dict(feature_dim=model.backbone.feature_dim, steps_per_epoch=len(train_loader), **rs.dann)
+    objective = build_objective(run.objective, **kw)
+    params = [p for p in tail.parameters() if p.requires_grad] + list(objective.parameters())
+    optimizer = torch.optim.Adam(params, lr=rs.lr, weight_decay=rs.weight_decay)
+    select = rs.select_best_supervised and run.objective == "supervised"
+    fr = fit(tail, objective, train_loader, val_loader if select else None, optimizer, epochs=rs.epochs,
+             classes=prep.classes, checkpoint=out / "checkpoint.pt", progress=progress, target_loader=target_loader,
+             on_epoch_end=None if select else _log_val(tail, val_loader, prep.classes))
+    results, feats = {}, {}
+    for key in prep.crops:
+        te = MapLoader(maps(key, "test"), labels(key, "test"), batch_size=256, shuffle=False)
+        rep = evaluate(tail, te, prep.classes).report
+        results[key] = rep.to_dict()
+        feats[key] = _features(tail, te)
+    _save(model, run, prep, ms, rs, fr, results, out, settings)
+    np.savez_compressed(out / "test_features.npz", **{f"{k}_x": v for k, v in feats.items()},
+                        **{f"{k}_y": labels(k, "test") for k in feats})
+    res = {"settings": settings, "test": results, "history": fr.history, "epochs_run": fr.epochs_run,
+           "train_seconds": round(fr.train_seconds, 1), "model_dir": str(out / "model")}
+    write_json_atomic(done, res)
+    return res
+
+
+def _log_val(tail, val_loader, classes):
+    """Source-validation figures for runs that do not select an epoch on them (history only)."""
+    from bloodsmear.training.engine import evaluate
+
+    def cb(row: dict) -> None:
+        ev = evaluate(tail, val_loader, classes)
+        row.update(val_loss=ev.loss, val_accuracy=ev.report.accuracy, val_f1=ev.report.macro_f1)
+
+    return cb
+
+
+@torch.no_grad()
+def _features(tail, loader) -> np.ndarray:
+    tail.eval()
+    return np.concatenate([tail.forward_features(x).numpy() for x, _y in loader]).astype(np.float32)
+
+
+def _save(model, run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, fr, results: dict, out: Path,
+          settings: dict) -> Path:
+    from bloodsmear.models.artifact import ModelInfo, save_model
+
+    spec = model.backbone.spec
+    size = int(next(iter(prep.crops.values())).images.shape[1])
+    training = {"kind": "domains", **settings, "domains": {k: c.name for k, c in prep.crops.items()},
+                "domain_specs": prep.specs, "scheme": prep.scheme, "split_seed": prep.split_seed,
+                "color_normalization": prep.stain.to_dict() if run.stain and prep.stain is not None else None}
+    info = ModelInfo(backbone=ms.backbone, classes=list(prep.classes), input_size=size, mean=list(spec.mean),
+                     std=list(spec.std), crop_fraction=1.0, mode="finetune", hidden=rs.hidden, dropout=rs.dropout,
+                     name=run.id, seed=rs.seed, training=training)
+    metrics = {"test_by_domain": results, "epochs_run": fr.epochs_run, "train_seconds": round(fr.train_seconds, 1),
+               "best_epoch": fr.best_epoch, "stopped": fr.stopped}
+    # headline: the target domain's test split for DANN (what the model was adapted to), else the first
+    # labelled training domain's
+    metrics["test"] = results[run.target if run.target else run.train[0]]
+    manifest = {"domains": prep.manifests}
+    return save_model(model, out / "model", info, history=fr.history, metrics=metrics, manifest=manifest)
