@@ -15,9 +15,10 @@ from bloodsmear.models.maskrcnn import (
     MaskRCNNConfig, MaskRCNNSegmenter, build_maskrcnn, detections_to_cells, load_maskrcnn, save_maskrcnn,
 )
 from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
-from bloodsmear.training.maskrcnn_train import (
-    Compose, RandomFlip, RandomScale, classical_wbc_mask, collate, to_tensors, train_one_epoch,
+from bloodsmear.training.maskrcnn_data import (
+    Compose, RandomFlip, RandomScale, classical_wbc_mask, collate, to_tensors,
 )
+from bloodsmear.training.maskrcnn_train import train_one_epoch
 
 torch.set_num_threads(2)
 
@@ -169,7 +170,7 @@ def test_wbc_masks_on_bccd_fields(data_root, tmp_path):
     from conftest import need
 
     from bloodsmear.io import read_image
-    from bloodsmear.training.maskrcnn_train import bccd_split, with_wbc_masks
+    from bloodsmear.training.maskrcnn_data import bccd_split, with_wbc_masks
 
     need(data_root, "bccd", "Annotations")
     ims, rbc = bccd_split(data_root / "bccd", "test")
@@ -187,3 +188,22 @@ def test_wbc_masks_on_bccd_fields(data_root, tmp_path):
                 m = gt.cells[0].mask
                 ious.append((ref & m).sum() / max(1, (ref | m).sum()))
         assert ious and np.mean(ious) > 0.6, method
+
+
+def test_evaluate_engine_reports_on_working_scale_fields():
+    from bloodsmear.training.maskrcnn_data import FieldDataset
+    from bloodsmear.training.maskrcnn_train import evaluate
+    from bloodsmear.types import AnnotatedImage
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(score_threshold=0.7)
+    model = build_maskrcnn(cfg)
+    items = [disc_field(), disc_field(cx=40, cy=20)]
+    gts = [AnnotatedImage(path=f"/f/{i}.png", width=64, height=64) for i in range(2)]
+    rep = evaluate(model, FieldDataset.from_arrays(items, gts), cfg)
+    assert rep.box.n_gt == 2 and rep.n_images == 2
+    assert rep.mask is not None and rep.mask.n_gt == 2
+    assert 0.0 <= rep.box.ap50 <= 1.0
+    wbc = rep.per_class["wbc"]
+    assert wbc.tp + wbc.fn == 2
+    assert model.roi_heads.score_thresh == 0.7  # restored after the low-threshold evaluation pass

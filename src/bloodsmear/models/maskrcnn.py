@@ -247,7 +247,8 @@ class MaskRCNNSegmenter:
 # --------------------------------------------------------------------------- model folder
 
 
-def save_maskrcnn(model: nn.Module, cfg: MaskRCNNConfig, folder: str | Path, *, extra_files: dict | None = None) -> Path:
+def save_maskrcnn(model: nn.Module, cfg: MaskRCNNConfig, folder: str | Path, *,
+                  extra_files: dict | None = None) -> Path:
     """Write a self-describing model folder: config.json + fp16 weights (+ `extra_files` name -> JSON obj)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
