@@ -19,6 +19,7 @@ Run: ``python -m bloodsmear.training.maskrcnn_train train configs/segmenter/mask
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import random
@@ -32,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from bloodsmear.evaluation.detection import DetectionReport, coco_ap, evaluate_detection
-from bloodsmear.io import atomic_path, read_image, write_json_atomic
+from bloodsmear.io import atomic_path, read_image, write_json_atomic, write_text_atomic
 from bloodsmear.models.maskrcnn import (
     MaskRCNNConfig, backbone_parameters, build_maskrcnn, detections_to_cells, load_maskrcnn, save_maskrcnn,
     set_score_threshold,
@@ -293,6 +294,63 @@ def evaluate_model_folder(folder: str | Path, *, data: str | Path | None = None,
             "ms_per_field_eval_threshold_0.05": float(np.median(ms)), "report": rep.to_dict()}
 
 
+def render_card(folder: str | Path, test: dict | None = None, *, commands: dict[str, str] | None = None,
+                notes: str = "") -> str:
+    """card.md of a Mask R-CNN model folder from its config.json, history.json and test figures."""
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    tw = cfg.get("trained_with", {})
+    tc = tw.get("config", {})
+    hist_path = folder / "history.json"
+    history = json.loads(hist_path.read_text()) if hist_path.is_file() else []
+    lines = [
+        "# wbc-maskrcnn: the paper's Mask R-CNN WBC instance segmenter", "",
+        f"torchvision Mask R-CNN, backbone `{cfg['backbone']}` (ImageNet weights, BatchNorm frozen) + 1x1 neck to "
+        f"{cfg['neck_channels']} channels, one stride-32 feature map, anchors {cfg['anchor_sizes']} x "
+        f"{cfg['aspect_ratios']}, RoIAlign 7 (box) / 14 (mask), box head {cfg['representation_size']}, mask head "
+        f"{cfg['mask_layers']}; classes {cfg['classes']}. Detection threshold {cfg['score_threshold']}, mask "
+        f"threshold {cfg['mask_threshold']}. Weights fp16 (`{cfg['weights']}`).", "",
+        "## Input", "",
+        f"RGB uint8 at the working scale: red cells ~{cfg['rbc_diameter_px']:g} px across (no resizing inside the "
+        "model); the pipeline estimates the scale and rescales/tiles. Output: WBC instances (box, mask, polygon, "
+        "score) per `bloodsmear.models.segmenter_base`.", "",
+        "## Data and masks", "",
+        f"- {tw.get('data', '?')}: train split `{tw.get('train_split')}` ({tw.get('n_train_fields')} fields), model "
+        f"selection on `{tw.get('val_split')}` ({tw.get('n_val_fields')} fields); test split never seen.",
+        f"- Scale: BCCD median RBC box {tw.get('bccd_rbc_diameter_px', float('nan')):.1f} px -> factor "
+        f"{tw.get('scale_factor', float('nan')):.3f}.",
+        f"- Boxes: as annotated. Whole-cell masks: {tw.get('masks', '?')}.", "",
+        "## Training", "",
+        f"- Paper's schedule: heads first ({tc.get('epochs_heads')} epoch(s), MobileNetV2 body frozen), then all "
+        f"({tc.get('epochs_all')} planned); SGD lr {tc.get('lr')} / {tc.get('lr_all')}, momentum {tc.get('momentum')}, "
+        f"weight decay {tc.get('weight_decay')}, batch {tc.get('batch_size')}, warm-up {tc.get('warmup_iters')} "
+        f"iterations; flips, scale jitter {tc.get('scale_jitter')}, colour jitter {tc.get('color_jitter')}; "
+        f"{tc.get('threads')} torch thread(s) on a shared 2-core CPU, wall-clock budget {tc.get('max_minutes')} min.",
+        f"- Epochs run: {tw.get('epochs_run')}; best validation box AP at epoch {tw.get('best_epoch')} (shipped).", "",
+    ]
+    if history:
+        lines += ["| epoch | phase | masks | loss | val box AP | val AP50 | val mask AP | s |", "|---|---|---|---|---|---|---|---|"]
+        for h in history:
+            v = h.get("val", {})
+            lines.append(f"| {h['epoch']} | {h['phase']} | {h.get('masks', 'classical')} | {h['loss']:.3f} | "
+                         f"{v.get('wbc_box_ap', float('nan')):.3f} | {v.get('wbc_box_ap50', float('nan')):.3f} | "
+                         f"{v.get('wbc_mask_ap', float('nan')):.3f} | {h.get('seconds')} |")
+        lines.append("")
+    if test:
+        keys = ["wbc_box_ap50", "wbc_box_ap", "wbc_box_ap75", "wbc_mask_ap", "wbc_mask_ap50", "wbc_precision",
+                "wbc_recall", "wbc_f1", "count_mae", "nucleus_coverage", "ms_per_field"]
+        lines += [f"## BCCD {test.get('split')} split ({test.get('n_fields')} fields, original pixels)", "",
+                  "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {test[k]:.4g} |" for k in keys if isinstance(test.get(k), (int, float))]
+        lines += ["", f"P/R/F1 and counting at the {test.get('score_threshold')} threshold; AP over detections >= 0.05; "
+                  f"ms per field = resize + predict, median, {test.get('threads')} torch threads.", ""]
+    if commands:
+        lines += ["## Commands", ""] + [f"- {k}: `{v}`" for k, v in commands.items()] + [""]
+    if notes:
+        lines += [notes, ""]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bloodsmear.training.maskrcnn_train")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -307,12 +365,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     e.add_argument("--masks", default="classical", choices=sorted(MASK_RECIPES))
     e.add_argument("--cache-dir", default=None, help="cache of the GT masks (.npz per field)")
     e.add_argument("--out", default=None, help="also write the figures JSON here")
+    c = sub.add_parser("card")
+    c.add_argument("model")
+    c.add_argument("--test-json", default=None, help="figures written by `eval --out`")
+    c.add_argument("--notes", default="", help="a markdown file appended to the card")
     a = ap.parse_args(argv)
     from bloodsmear.cli.common import emit_json, setup_logging
 
     setup_logging()
     if a.cmd == "train":
         emit_json({"model": str(train_maskrcnn(a.config))})
+    elif a.cmd == "card":
+        test = json.loads(Path(a.test_json).read_text()) if a.test_json else None
+        notes = Path(a.notes).read_text() if a.notes else ""
+        cmds = {"train": "python -m bloodsmear.training.maskrcnn_train train configs/segmenter/maskrcnn.yaml",
+                "test": f"python -m bloodsmear.training.maskrcnn_train eval {a.model} --split test --threads 2"}
+        write_text_atomic(Path(a.model) / "card.md", render_card(a.model, test, commands=cmds, notes=notes))
+        emit_json({"card": str(Path(a.model) / "card.md")})
     else:
         res = evaluate_model_folder(a.model, data=a.data, split=a.split, threads=a.threads, limit=a.limit,
                                     masks=a.masks, cache_dir=a.cache_dir)
