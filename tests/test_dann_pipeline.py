@@ -125,3 +125,23 @@ def test_dann_config_kind_and_unknown_keys(tmp_path):
     root = Path(__file__).resolve().parents[1] / "configs"
     assert load_domains_config(root / "domains" / "pbc_lisc.yaml").runs[0] == "src_A"
     assert load_dann_config(root / "dann" / "pbc_to_lisc.yaml").objective == "dann"
+
+
+@pytest.mark.realdata
+def test_lisc_wbc_located_in_real_fields(data_root):
+    from conftest import need
+
+    from bloodsmear.io import read_image
+    from bloodsmear.training.domain_data import stain_contrast
+
+    lisc = need(data_root, "lisc")
+    files = [sorted((lisc / c).glob("*.jpg"))[:4] for c in ("basophil", "eosinophil", "lymphocyte", "monocyte",
+                                                             "neutrophil")]
+    for f in [f for fs in files for f in fs]:
+        rgb = read_image(f)
+        cx, cy, r = locate_wbc(rgb)
+        crop = crop_square(rgb, cx, cy, 160)
+        s = stain_contrast(crop)
+        centre = s[60:100, 60:100].mean()
+        assert centre > np.median(stain_contrast(rgb)) + 15, f  # the crop centre is on the stained WBC
+        assert 8 < r < 80, f

@@ -51,13 +51,9 @@ class DannTrainResult:
 
 
 def load_dann_config(path: str | Path, overrides: dict | None = None) -> DannConfig:
-    from bloodsmear.config import _from_dict, load_config_dict, merge
+    from bloodsmear.training.domains import load_typed_config
 
-    d = load_config_dict(path)
-    d.pop("kind", None)
-    if overrides:
-        d = merge(d, overrides)
-    cfg = _from_dict(DannConfig, d, path, "")
+    cfg = load_typed_config(DannConfig, path, overrides)
     if cfg.objective not in ("dann", "supervised"):
         from bloodsmear.errors import InputError
 

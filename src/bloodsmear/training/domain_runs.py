@@ -116,6 +116,7 @@ class RunSettings:
     seed: int = 0
     dann: dict = field(default_factory=dict)  # DANNObjective options (lambda_schedule, gamma, max_lambda, ...)
     select_best_supervised: bool = True  # supervised runs keep the best source-val epoch; DANN runs the last
+    freeze_bn: bool = False  # keep the trainable blocks' BatchNorm statistics as pretrained
 
 
 def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, out_dir: Path, cache_dir: Path,
@@ -142,7 +143,7 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     torch.manual_seed(rs.seed)
     model = build_classifier(ms.backbone, len(prep.classes), mode="finetune", pretrained=rs.pretrained,
                              hidden=rs.hidden, dropout=rs.dropout)
-    tail = TailModel(model, ms.train_from)
+    tail = TailModel(model, ms.train_from, freeze_bn=rs.freeze_bn)
     spec = model.backbone.spec
 
     def maps(key: str, part: str) -> torch.Tensor:
@@ -222,5 +223,54 @@ def _save(model, run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings,
     # headline: the target domain's test split for DANN (what the model was adapted to), else the first
     # labelled training domain's
     metrics["test"] = results[run.target if run.target else run.train[0]]
-    manifest = {"domains": prep.manifests}
-    return save_model(model, out / "model", info, history=fr.history, metrics=metrics, manifest=manifest)
+    from bloodsmear.io import write_json_atomic
+
+    card = run_card(info, run, prep, metrics, fr.history)
+    # split.json: the headline domain's manifest (a plain SplitManifest); every domain's in domain_splits.json
+    folder = save_model(model, out / "model", info, history=fr.history, metrics=metrics,
+                        manifest=prep.manifests[run.target or run.train[0]], card=card)
+    write_json_atomic(folder / "domain_splits.json", {"domains": prep.manifests}, indent=1)
+    return folder
+
+
+def run_card(info, run: RunSpec, prep: Prepared, metrics: dict, history: list[dict], *, command: str = "") -> str:
+    """card.md of a domain run's model folder: what it was trained on, per-domain test metrics, history."""
+    from bloodsmear.evaluation.metrics import ClassificationReport, report_markdown
+
+    names = {k: c.name for k, c in prep.crops.items()}
+    t = info.training
+    how = {"supervised": "supervised (cross-entropy on the labelled crops)",
+           "dann": f"DANN: labelled {'+'.join(names[k] for k in run.train)} + unlabelled {names.get(run.target, '')} "
+                   "training crops (gradient reversal, domain classifier; target labels never used)"}[run.objective]
+    counts = "; ".join(f"{names[k]} " + "/".join(str(len(prep.splits[k][p])) for p in ("train", "val", "test"))
+                       for k in prep.crops)
+    lines = [f"# {info.name}", "",
+             f"WBC classifier over {len(info.classes)} classes ({', '.join(info.classes)}): `{info.backbone}` "
+             f"(ImageNet) -> global average pooling -> Dense({info.hidden}) -> softmax. Trained {how}"
+             f"{', every crop Reinhard-normalised to ' + names[t.get('stain_reference', 'A')] if run.stain else ''}.", "",
+             "## Input", "",
+             f"A single-WBC crop, square, resized to {info.input_size} px (PBC: the whole 224 px image; LISC: a "
+             f"{prep.specs.get('B', {}).get('crop_side', 160)} px square around the WBC of a 720x576 field), RGB "
+             f"normalised with mean {info.mean} / std {info.std} (x/255).", "",
+             "## Data and training", "",
+             f"- Domains (train/val/test crops, seeded {prep.scheme} split seed {prep.split_seed}; manifests in "
+             f"`split.json`): {counts}.",
+             f"- Backbone blocks before {t['maps']['train_from']} frozen (ImageNet), their maps cached for "
+             f"{t['maps']['views']} views per training crop (the crop + the paper's augmentation policy "
+             f"`{t['maps']['augment']}`); later blocks + head trained with Adam lr {t['train']['lr']}, batch "
+             f"{t['train']['batch_size']}, {metrics['epochs_run']} epochs, {metrics['train_seconds']} s on CPU.",
+             f"- DANN options: {t['train'].get('dann') or 'defaults'} (lambda = 2/(1+exp(-10 p)) - 1 by default)."
+             if run.objective == "dann" else "- Epoch kept: best source validation macro F1.",
+             f"- Command: `{command or 'bloodsmear bench domains configs/domains/<pair>.yaml'}`", "",
+             "## Test metrics per domain (held-out test splits, never seen in training)", ""]
+    for key, rep in metrics["test_by_domain"].items():
+        r = ClassificationReport.from_dict(rep)
+        lines += [f"### {names[key]}", "", f"Macro P {r.macro_precision:.4f}, R {r.macro_recall:.4f}, "
+                  f"**F1 {r.macro_f1:.4f}**, accuracy {r.accuracy:.4f} (n = {r.n}).", "", report_markdown(r)]
+    if history:
+        keys = [k for k in ("train_loss", "train_label_loss", "train_domain_loss", "train_domain_acc", "train_lambda",
+                            "train_accuracy", "val_accuracy", "val_f1") if any(k in h for h in history)]
+        lines += ["## History", "", "| epoch | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        lines += ["| " + " | ".join([str(h["epoch"])] + [f"{h[k]:.4f}" if isinstance(h.get(k), float) else "" for k in keys])
+                  + " |" for h in history]
+    return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,14 +61,17 @@ class DomainsConfig:
         return asdict(self)
 
 
-def load_domains_config(path: str | Path, overrides: dict | None = None) -> DomainsConfig:
+def load_typed_config(cls: type, path: str | Path, overrides: dict | None = None):
+    """A config file (YAML/JSON, optional `kind:` tag) as dataclass `cls`; unknown keys are an error."""
     from bloodsmear.config import _from_dict, load_config_dict, merge
 
     d = load_config_dict(path)
     d.pop("kind", None)
-    if overrides:
-        d = merge(d, overrides)
-    cfg = _from_dict(DomainsConfig, d, path, "")
+    return _from_dict(cls, merge(d, overrides) if overrides else d, path, "")
+
+
+def load_domains_config(path: str | Path, overrides: dict | None = None) -> DomainsConfig:
+    cfg = load_typed_config(DomainsConfig, path, overrides)
     MapSettings(**cfg.maps), RunSettings(**cfg.train)  # unknown keys fail here, naming them
     for r in cfg.runs:
         run_spec(r)
@@ -292,3 +296,34 @@ def _register_train_kind() -> None:
 
 
 _register_train_kind()
+
+
+def ship_run(run_dir: str | Path, dest: str | Path, *, command: str = "") -> Path:
+    """Copy a run's model folder (config, fp16 weights, split, history, metrics, card, PNGs) to `dest`
+    (e.g. src/bloodsmear/zoo/<name>), recording the command in the card."""
+    import shutil
+
+    src = Path(run_dir) / "model" if (Path(run_dir) / "model").is_dir() else Path(run_dir)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".md", ".png"):
+            shutil.copyfile(f, dest / f.name)
+    info = json.loads((dest / "config.json").read_text())
+    dc = src.parent.parent.parent / "domains_config.json"  # out_dir/runs/<id>/model -> out_dir
+    if "domain_specs" not in info["training"] and dc.is_file():  # older runs: make the folder self-describing
+        d = json.loads(dc.read_text())
+        size = int(info["input_size"])
+        info["training"].update(domain_specs={k: {"size": size, **v} for k, v in d["domains"].items()},
+                                scheme=d["scheme"], split_seed=d["split_seed"])
+        (dest / "config.json").write_text(json.dumps(info, indent=2) + "\n")
+    sp = json.loads((dest / "split.json").read_text()) if (dest / "split.json").is_file() else {}
+    if "domains" in sp:  # older layout: every domain's manifest in split.json
+        run = info["training"]["run"]
+        (dest / "domain_splits.json").write_text(json.dumps(sp, indent=1) + "\n")
+        (dest / "split.json").write_text(json.dumps(sp["domains"][run["target"] or run["train"][0]], indent=1) + "\n")
+    if command and (dest / "card.md").is_file():
+        text = (dest / "card.md").read_text(encoding="utf-8")
+        (dest / "card.md").write_text(text.replace("bloodsmear bench domains configs/domains/<pair>.yaml", command),
+                                      encoding="utf-8")
+    return dest

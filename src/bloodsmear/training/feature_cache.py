@@ -39,8 +39,9 @@ class TailModel(nn.Module):
     lower blocks on normalised images.
     """
 
-    def __init__(self, model: nn.Module, at: int):
+    def __init__(self, model: nn.Module, at: int, *, freeze_bn: bool = False):
         super().__init__()
+        self.freeze_bn = freeze_bn  # keep the tail's BatchNorm statistics as pretrained too
         body = _body(model)
         if not 0 <= at < len(body):
             raise ValueError(f"split point {at} outside the backbone's {len(body)} blocks")
@@ -56,6 +57,10 @@ class TailModel(nn.Module):
     def train(self, mode: bool = True) -> "TailModel":
         super().train(mode)
         self.body[: self.at].eval()  # frozen trunk keeps its BatchNorm statistics
+        if self.freeze_bn:
+            for m in self.body[self.at:].modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     @torch.no_grad()

@@ -1,0 +1,50 @@
+"""The shipped domain-adapted classifier (PBC -> LISC, DANN): loads, and scores LISC's held-out test split
+at least as well as its card says, within a margin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bloodsmear.settings import ZOO_DIR
+
+NAME = "pbc-lisc-dann"
+FOLDER = ZOO_DIR / NAME
+
+
+@pytest.mark.skipif(not FOLDER.is_dir(), reason=f"{NAME} not shipped")
+def test_shipped_adapted_model_loads_and_is_small():
+    from bloodsmear.models.artifact import load_model
+
+    m = load_model(NAME)
+    assert m.info.classes == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    assert m.info.training["run"]["objective"] == "dann"
+    assert (FOLDER / "card.md").is_file() and (FOLDER / "split.json").is_file()
+    assert set(json.loads((FOLDER / "domain_splits.json").read_text())["domains"]) == {"A", "B"}
+    assert (FOLDER / m.info.weights).stat().st_size < 8_000_000
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not FOLDER.is_dir(), reason=f"{NAME} not shipped")
+def test_shipped_adapted_model_on_lisc_test_split(data_root):
+    from conftest import need
+
+    from bloodsmear.inference.classify import CellClassifier
+    from bloodsmear.training.domain_data import DomainSpec, build_domain
+
+    need(data_root, "lisc")
+    clf = CellClassifier.load(FOLDER)
+    t = clf.info.training
+    spec = DomainSpec(**{**t["domain_specs"]["B"], "size": clf.info.input_size})
+    dom = build_domain(spec, clf.info.classes)
+    test = set(e["path"] for e in json.loads((FOLDER / "split.json").read_text())["splits"]["test"])
+    idx = [i for i, g in enumerate(dom.groups) if g in test]
+    assert len(idx) == len(test) > 30
+    pred = clf.predict_proba(list(dom.images[idx])).argmax(1)
+    from bloodsmear.evaluation.metrics import classification_report_arrays
+
+    rep = classification_report_arrays(dom.labels[idx], pred, clf.info.classes)
+    card = json.loads((FOLDER / "metrics.json").read_text())["test_by_domain"]["B"]["macro_f1"]
+    assert rep.macro_f1 >= card - 0.05, (rep.macro_f1, card)
