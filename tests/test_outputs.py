@@ -36,7 +36,8 @@ def test_paper_json_follows_the_schema_and_reads_back(results, tmp_path):
     dest = paper_json.write_results_json(tmp_path / "results.json", [paper_json.image_record(r) for r in results],
                                          {"name": "test"})
     doc = json.loads(dest.read_text())
-    assert doc["format"] == "bloodsmear-results" and [im["filename"] for im in doc["images"]] == ["sub/a.jpg", "b.png", "empty.png"]
+    assert doc["format"] == "bloodsmear-results"
+    assert [im["filename"] for im in doc["images"]] == ["sub/a.jpg", "b.png", "empty.png"]
     cell = doc["images"][0]["cells"][0]
     assert set(cell) >= {"class_name", "score", "bounding_box", "vertices", "screening_label", "screening_score",
                          "refined_label", "refined_score", "area", "review"}

@@ -86,7 +86,8 @@ def test_refine_classes_must_be_known_to_the_refine_model():
 
 
 def test_low_confidence_cells_are_flagged_for_review_not_dropped():
-    pipe = Pipeline(DiscSegmenter(), ColourClassifier(("lymphocyte", "neutrophil", "monocyte"), confidence=0.45), None, PipelineConfig(review_threshold=0.5))
+    unsure = ColourClassifier(("lymphocyte", "neutrophil", "monocyte"), confidence=0.45)
+    pipe = Pipeline(DiscSegmenter(), unsure, None, PipelineConfig(review_threshold=0.5))
     res = pipe.run(make_field(800, 600, DISCS), "f", scale=20)
     assert len(res.cells) == 2 and all(c.attributes["review"] for c in res.cells)
     assert {c.label for c in res.cells} == {"lymphocyte", "neutrophil"}

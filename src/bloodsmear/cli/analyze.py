@@ -20,13 +20,14 @@ def _fail(e: Exception) -> None:
 
 
 def analyze(
-    inputs: List[Path] = typer.Argument(..., help="Image files or folders (JPEG, PNG, TIFF, BMP; folders recursively)."),
+    inputs: List[Path] = typer.Argument(..., help="Image files or folders (JPEG, PNG, TIFF, BMP; recursive)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-running on it resumes)."),
     pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p",
                                            help="Pipeline config (YAML) or shipped name: default, maskrcnn."),
     scale: str = typer.Option("auto", "--scale",
                               help="'auto' (estimated from the red cells) or the red-cell diameter in pixels."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write an overlay PNG per image."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Images at once (default: CPU cores, max 2)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (last line)."),
 ) -> None:
     """Find, outline, classify and count every WBC: results.json, coco.json, annotations.xml, counts.csv, overlays/."""
@@ -36,7 +37,7 @@ def analyze(
     try:
         parse_scale(scale, "--scale")
         pipe = Pipeline.from_config(pipeline)
-        summary = run_batch(inputs, out, pipe, scale=scale, overlays=overlays)
+        summary = run_batch(inputs, out, pipe, scale=scale, overlays=overlays, workers=workers)
     except BloodsmearError as e:
         _fail(e)
     d = summary.to_dict()

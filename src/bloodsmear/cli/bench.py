@@ -18,6 +18,7 @@ def bench_analyze_cmd(
     compare_limit: int = typer.Option(None, "--compare-limit", help="Use only the first N images for the comparison."),
     photo: bool = typer.Option(False, "--photo", help="Also time a synthetic 4032x3024 photo (fresh process)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays (part of end to end)."),
+    workers: int = typer.Option(None, "--workers", help="Images analysed at once (default: CPU cores, max 2)."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """End-to-end fields/s of the default pipeline and the Mask R-CNN pipeline on the same fields."""
@@ -25,7 +26,8 @@ def bench_analyze_cmd(
     from bloodsmear.inference.bench import bench_analyze
 
     d = bench_analyze(images_dir, limit=limit, pipeline=pipeline, compare=compare or None,
-                      compare_limit=compare_limit, photo=photo, overlays=overlays)
+                      compare_limit=compare_limit, photo=photo, overlays=overlays,
+                      workers=workers)
     print_table("bench analyze", ["figure", "value"], [(k, v) for k, v in d.items() if not isinstance(v, dict)])
     if json_out:
         emit_json(d)
@@ -101,3 +103,20 @@ def classify_bench(
     print_table("bench classify", ["figure", "value"], list(r.items()))
     if as_json:
         emit_json(r)
+
+
+@app.command("crop")
+def bench_crop_cmd(
+    images_dir: str = typer.Argument(..., help="Folder of single-cell images (e.g. pbc-original-sample)."),
+    limit: int = typer.Option(None, "--limit", help="Use the first N images."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
+) -> None:
+    """The paper's C-PBC crop vs the fast one on the same images: ms/image, ratio, crop-box IoU."""
+    from bloodsmear.cli.common import emit_json, print_table
+    from bloodsmear.preprocess.crop_batch import bench_crop
+
+    b = bench_crop(images_dir, limit=limit)
+    print_table(f"bench crop ({b.images} images)", ["figure", "value"],
+                [(k, v) for k, v in b.to_dict().items() if k != "skipped"] + [("skipped", len(b.skipped))])
+    if json_out:
+        emit_json(b.to_dict())

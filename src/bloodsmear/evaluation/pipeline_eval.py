@@ -122,7 +122,8 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
             log.debug("%s: annotated size %sx%s differs from the image", im.path, im.width, im.height)
         if rescale != 1.0:
             gt = _rescale_image(im, rescale)
-            rgb = cv2.resize(rgb, (gt.width, gt.height), interpolation=cv2.INTER_AREA if rescale < 1 else cv2.INTER_LINEAR)
+            interp = cv2.INTER_AREA if rescale < 1 else cv2.INTER_LINEAR
+            rgb = cv2.resize(rgb, (gt.width, gt.height), interpolation=interp)
         else:
             gt = AnnotatedImage(path=im.path, width=rgb.shape[1], height=rgb.shape[0], cells=im.cells,
                                 source=im.source, label=im.label, subclass=im.subclass,

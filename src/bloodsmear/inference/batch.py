@@ -21,13 +21,14 @@ import csv
 import io
 import json
 import logging
+import os
+import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
-
-import numpy as np
 
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.io import list_images, read_image, write_json_atomic, write_text_atomic
@@ -145,35 +146,46 @@ def _is_done(out_dir: Path, job: ImageJob, overlays: bool) -> bool:
     return record_path(out_dir, job.name).is_file() and (not overlays or overlay_path(out_dir, job.name).is_file())
 
 
-def _read(job: ImageJob) -> np.ndarray | BloodsmearError:
+def _analyse_one(job: ImageJob, out_dir: Path, pipeline, scale, overlays: bool) -> str | None:
+    """Read, analyse and write one image; the reason it was skipped, or None when done."""
     try:
-        return read_image(job.path)
-    except BloodsmearError as e:
-        return e
-    except Exception as e:  # noqa: BLE001 - any decoder failure is reported per image
-        return InputError(job.path, f"unreadable image ({e.__class__.__name__}: {e})")
-
-
-def _prefetch(jobs: list[ImageJob], pool: ThreadPoolExecutor, depth: int = 2) -> Iterator[tuple[ImageJob, Future]]:
-    """Decode images `depth` ahead in a worker thread (the decoder releases the GIL)."""
-    futs: list[tuple[ImageJob, Future]] = []
-    it = iter(jobs)
-    for job in it:
-        futs.append((job, pool.submit(_read, job)))
-        if len(futs) > depth:
-            yield futs.pop(0)
-    yield from futs
-
-
-def _write_outputs(out_dir: Path, rgb: np.ndarray, result: SlideResult, overlays: bool) -> None:
-    if overlays:
+        rgb = read_image(job.path)
+        result = pipeline.run(rgb, job.name, scale=scale, path=job.path)
+    except Exception as e:  # noqa: BLE001 - one bad image never stops the run
+        if not isinstance(e, BloodsmearError):
+            log.debug("analysis of %s failed", job.path, exc_info=True)
+        return getattr(e, "problem", None) or f"analysis failed ({e.__class__.__name__}: {e})"
+    if overlays:  # the overlay first: the per-image record marks the image done
         write_overlay(overlay_path(out_dir, result.name), rgb, result)
     write_json_atomic(record_path(out_dir, result.name), image_record(result), indent=None)
+    return None
+
+
+def default_workers() -> int:
+    """Images analysed at once: one per CPU core, at most 2 (each stage is small; threads overlap
+    decoding, scale estimation, the networks and PNG encoding, which all release the GIL)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Intra-op threads per worker while the batch runs (restored afterwards)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scale: str | float | None = None,
-            overlays: bool = True, progress: bool = True) -> BatchSummary:
-    """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`."""
+            overlays: bool = True, progress: bool = True, workers: int | None = None) -> BatchSummary:
+    """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`,
+    `workers` images at a time (default: `default_workers()`)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -189,30 +201,36 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     summary.n_resumed = len(jobs) - len(todo)
     if summary.n_resumed:
         log.info("resuming: %d of %d image(s) already done in %s", summary.n_resumed, len(jobs), out_dir)
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, logging_redirect_tqdm():
-        pending: list[Future] = []
-        bar = tqdm(total=len(todo), unit="img", desc="analyze", disable=not progress or None)
-        for job, fut in _prefetch(todo, reader):
-            rgb = fut.result()
-            try:
-                if isinstance(rgb, BloodsmearError):
-                    raise rgb
-                result = pipeline.run(rgb, job.name, scale=scale, path=job.path)
-            except Exception as e:  # noqa: BLE001 - one bad image never stops the run
-                reason = getattr(e, "problem", None) or f"analysis failed ({e.__class__.__name__}: {e})"
-                if not isinstance(e, BloodsmearError):
-                    log.debug("analysis of %s failed", job.path, exc_info=True)
-                log.warning("skipped %s: %s", job.path, reason)
-                summary.skipped.append((str(job.path), reason))
-            else:
-                pending.append(writer.submit(_write_outputs, out_dir, rgb, result, overlays))
-                summary.n_analysed += 1
-            while pending and (pending[0].done() or len(pending) > 2):
-                pending.pop(0).result()  # raises a writer error here
-            bar.update(1)
-        for f in pending:
-            f.result()
+    workers = max(1, int(workers or default_workers()))
+    threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(todo))))
+    bar = tqdm(total=len(todo), unit="img", desc="analyze", disable=not progress or None)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="analyze")
+    try:
+        with _torch_threads(threads), logging_redirect_tqdm():
+            queue = iter(todo)
+            running: dict[Future, ImageJob] = {}
+            while True:
+                while len(running) < 2 * workers:  # bounded: at most 2 decoded images per worker
+                    job = next(queue, None)
+                    if job is None:
+                        break
+                    running[pool.submit(_analyse_one, job, out_dir, pipeline, scale, overlays)] = job
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = running.pop(fut)
+                    reason = fut.result()  # a writer error or an interrupt is raised here
+                    if reason is None:
+                        summary.n_analysed += 1
+                    else:
+                        log.warning("skipped %s: %s", job.path, reason)
+                        summary.skipped.append((str(job.path), reason))
+                    bar.update(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
+    summary.skipped.sort()
     summary.n_skipped = len(summary.skipped)
     results = rebuild_aggregates(out_dir, jobs, pipeline, summary)
     summary.n_cells = sum(len(r.cells) for r in results)

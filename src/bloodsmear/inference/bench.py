@@ -43,7 +43,8 @@ class PipelineTiming:
     stage_ms: dict
 
 
-def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True) -> PipelineTiming:
+def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True,
+                  workers: int | None = None) -> PipelineTiming:
     """Load a pipeline, warm it up on one field, then time `analyze` over `files` into a temp folder."""
     t0 = time.perf_counter()
     pipe = Pipeline.from_config(config)
@@ -54,7 +55,7 @@ def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True) 
     pipe.run(read_image(jobs[0].path), "warm-up")
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
         t0 = time.perf_counter()
-        s = analyze(files, tmp, pipe, overlays=overlays, progress=False)
+        s = analyze(files, tmp, pipe, overlays=overlays, progress=False, workers=workers)
         secs = time.perf_counter() - t0
         stage = _stage_ms(Path(tmp))
     n = s.n_analysed
@@ -124,7 +125,7 @@ def bench_photo(config: str, source: np.ndarray | None = None, *, repeats: int =
 
 def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline: str = "default",
                   compare: str | None = "maskrcnn", compare_limit: int | None = None, photo: bool = False,
-                  overlays: bool = True) -> dict:
+                  overlays: bool = True, workers: int | None = None) -> dict:
     """Figures: `fields_per_s`, `ms_per_field`, `peak_rss_mb` of `pipeline`; `maskrcnn_fields_per_s`,
     `maskrcnn_ms_per_field`, `maskrcnn_peak_rss_mb` and `ratio` (speed-up) when `compare`; with `photo`,
     `photo_s` and `photo_peak_rss_mb` of a synthetic 4032x3024 photo."""
@@ -136,19 +137,22 @@ def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline:
 
         raise InputError(images_dir, "no images found")
     files = [j.path for j in jobs]
-    out: dict = {"images_dir": str(images_dir), "n_fields": len(files)}
+    from bloodsmear.inference.batch import default_workers
+
+    out: dict = {"images_dir": str(images_dir), "n_fields": len(files), "workers": workers or default_workers()}
     photo_res = None
     if photo:  # first, so the fresh process's memory is not confused with this one's
         from bloodsmear.io import read_image
 
         photo_res = bench_photo(pipeline, read_image(files[0]))
-    d = time_pipeline(pipeline, files, overlays=overlays)
+    d = time_pipeline(pipeline, files, overlays=overlays, workers=workers)
     out.update({"pipeline": pipeline, "fields_per_s": d.fields_per_s, "ms_per_field": d.ms_per_field,
                 "peak_rss_mb": d.peak_rss_mb, "n_cells": d.n_cells, "stage_ms": d.stage_ms, "load_s": d.load_s})
     if compare:
         cfiles = files[:compare_limit] if compare_limit else files
-        m = time_pipeline(compare, cfiles, overlays=overlays)
-        out.update({"compare": compare, "maskrcnn_fields_per_s": m.fields_per_s, "maskrcnn_ms_per_field": m.ms_per_field,
+        m = time_pipeline(compare, cfiles, overlays=overlays, workers=workers)
+        out.update({"compare": compare, "maskrcnn_fields_per_s": m.fields_per_s,
+                    "maskrcnn_ms_per_field": m.ms_per_field,
                     "maskrcnn_peak_rss_mb": m.peak_rss_mb, "maskrcnn_n_fields": m.n_fields,
                     "maskrcnn_n_cells": m.n_cells, "maskrcnn_stage_ms": m.stage_ms,
                     "ratio": d.fields_per_s / m.fields_per_s if m.fields_per_s else None})

@@ -290,7 +290,10 @@ def resize_by(rgb: np.ndarray, factor: float) -> np.ndarray:
     return resize_to_scale(rgb, factor)
 
 
-def tile_grid(h: int, w: int, size: int, overlap: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+Span = tuple[int, int, int, int]  # y0, y1, x0, x1
+
+
+def tile_grid(h: int, w: int, size: int, overlap: int) -> list[tuple[Span, Span]]:
     """Overlapping tiles ((y0, y1, x0, x1), owned core (y0, y1, x0, x1)): the cores partition the image,
     each core lies at least `overlap // 2` inside its tile except at the image border."""
 
