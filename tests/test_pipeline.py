@@ -52,11 +52,11 @@ def test_polygons_come_back_in_original_pixels_under_a_scale_factor():
 
 
 def test_auto_scale_uses_the_red_cell_estimate(monkeypatch):
-    monkeypatch.setattr(pl, "estimate_rbc_diameter_px", lambda rgb, max_side: 80.0)
+    monkeypatch.setattr(pl, "estimate_rbc_diameter_px", lambda small, f: 80.0 / f)
     res = make_pipeline(rbc_px=20.0).run(make_field(800, 600, DISCS), "f.png")
     assert res.scale == pytest.approx(0.25) and res.meta["scale_source"] == "estimated"
     assert len(res.cells) == 2
-    monkeypatch.setattr(pl, "estimate_rbc_diameter_px", lambda rgb, max_side: None)
+    monkeypatch.setattr(pl, "estimate_rbc_diameter_px", lambda small, f: None)
     res = make_pipeline(rbc_px=20.0).run(make_field(800, 600, DISCS), "f.png")
     assert res.scale == 1.0 and res.meta["scale_source"] == "fallback"
 
@@ -164,3 +164,14 @@ def test_crops_are_framed_like_pbc_images_relative_to_the_red_cells():
     assert big.shape[1] >= 200
     tight = crop_cells(rgb, cells[:1], rbc_px=None, padding=0.25)[0]
     assert 40 <= tight.shape[0] < 100 and 40 <= tight.shape[1] < 100  # box crop: around the cell only
+
+
+def test_big_images_are_resized_via_the_small_copy_and_mapped_back():
+    discs = [(500, 400, 150, "lymphocyte"), (1500, 1000, 200, "neutrophil")]
+    pipe = make_pipeline(rbc_px=20.0, scale_max_side=500)
+    res = pipe.run(make_field(2000, 1500, discs), "big.jpg", scale=100.0)  # factor 0.2 < 0.25 (small copy)
+    assert pipe.segmenter.seen_shapes == [(300, 400, 3)]
+    got = sorted(_centre(c) for c in res.cells)
+    for (x, y), (cx, cy, r, _) in zip(got, discs):
+        assert abs(x - cx) < 8 and abs(y - cy) < 8
+    assert res.width == 2000 and max(c.polygon[:, 0].max() for c in res.cells) > 1650

@@ -81,7 +81,7 @@ class PipelineConfig:
     detection_threshold: float | None = None  # None: the segmenter's own threshold
     tile_size: int = 1024  # working-scale images larger than this are segmented in overlapping tiles
     tile_overlap: int = 256  # >= the largest WBC diameter at working scale
-    scale_max_side: int = 1024  # the red-cell size is estimated on a copy at most this large
+    scale_max_side: int = 1024  # red cells are measured on a copy at most this large (also the resize source)
     name: str = ""
     base_dir: str | None = field(default=None, repr=False)  # relative model paths resolve from here
 
@@ -189,13 +189,15 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
 
-    def working_factor(self, rgb: np.ndarray, scale: str | float | None = None) -> tuple[float, float | None, str]:
-        """(resize factor original -> working scale, red-cell diameter in original px, its source)."""
+    def working_factor(self, small: np.ndarray, small_factor: float = 1.0,
+                       scale: str | float | None = None) -> tuple[float, float | None, str]:
+        """(resize factor original -> working scale, red-cell diameter in original px, its source);
+        `small` is the image downscaled by `small_factor` (the red cells are measured there)."""
         target = float(self.segmenter.rbc_diameter_px)
         given = parse_scale(self.config.scale if scale is None else scale)
         if given is not None:
             return float(np.clip(target / given, *FACTOR_RANGE)), given, "given"
-        d = estimate_rbc_diameter_px(rgb, max_side=self.config.scale_max_side)
+        d = estimate_rbc_diameter_px(small, small_factor)
         if d is None or not np.isfinite(d) or d <= 0:
             return 1.0, None, "fallback"
         return float(np.clip(target / d, *FACTOR_RANGE)), float(d), "estimated"
@@ -256,10 +258,13 @@ class Pipeline:
             raise InputError(path or name, f"image too small ({w}x{h} px; at least {MIN_SIDE} px a side)")
         t = {}
         t0 = time.perf_counter()
-        factor, rbc_d, source = self.working_factor(rgb, scale)
+        f_small = min(1.0, self.config.scale_max_side / max(h, w))
+        small = resize_by(rgb, f_small)  # one pass over the full image serves scale and resize
+        factor, rbc_d, source = self.working_factor(small, f_small, scale)
         t["scale"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        work = resize_by(rgb, factor)
+        work = resize_by(small, factor / f_small) if factor <= f_small else resize_by(rgb, factor)
+        del small
         fy, fx = work.shape[0] / h, work.shape[1] / w  # exact per-axis factors after rounding
         t["resize"] = time.perf_counter() - t0
         t0 = time.perf_counter()

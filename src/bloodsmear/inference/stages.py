@@ -95,15 +95,11 @@ def frame_crop(rgb: np.ndarray, box, side: float, fill=None) -> np.ndarray:
                               cv2.BORDER_CONSTANT, value=[float(v) for v in fill])
 
 
-def estimate_rbc_diameter_px(rgb: np.ndarray, *, max_side: int = 1024) -> float | None:
-    """Typical red-cell diameter in ORIGINAL pixels, estimated on a copy at most `max_side` large
+def estimate_rbc_diameter_px(small: np.ndarray, f: float = 1.0) -> float | None:
+    """Typical red-cell diameter in ORIGINAL pixels, measured on `small` = the image resized by `f`
     (None when no red cells are found)."""
     from bloodsmear.preprocess.scale import estimate_rbc_diameter
 
-    h, w = rgb.shape[:2]
-    f = min(1.0, max_side / max(h, w))
-    small = rgb if f >= 1.0 else cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))),
-                                            interpolation=cv2.INTER_AREA)
     try:
         d = estimate_rbc_diameter(small)
     except (ValueError, InputError) as e:
