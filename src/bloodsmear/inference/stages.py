@@ -49,6 +49,8 @@ def load_classifier(folder: str | Path):
 #: PBC cell images (360x363, the classifiers' training data) span ~5.45 red-cell diameters (RBCs ~66 px,
 #: measured with `preprocess.scale.estimate_rbc_diameter` on PBC's platelet and neutrophil images).
 PBC_FRAME_RBC = 5.45
+#: ... and 2-4 WBC diameters (monocytes to lymphocytes): frames from a wrong red-cell estimate stay in this range.
+FRAME_BOX_RANGE = (2.0, 4.0)
 
 
 def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], *, padding: float | None = None,
@@ -56,14 +58,20 @@ def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], *, padding: float | None 
     """One crop per cell from the original image (`rgb` is not modified).
 
     With `rbc_px` (red-cell diameter, original px) and `frame_rbc`, each crop is framed as a PBC image:
-    a square of `frame_rbc` red-cell diameters centred on the cell (larger when the cell needs it), so a
-    cell keeps its size relative to the red cells, as the classifier saw in training; parts outside the
-    field are filled with the field's median colour. Otherwise the crop function of `preprocess.crop`
-    (or a square around the box with `padding`) is used.
+    a square of `frame_rbc` red-cell diameters centred on the cell, kept within `FRAME_BOX_RANGE` times the
+    cell's longest box side, so a cell keeps its size relative to the red cells, as the classifier saw in
+    training; parts outside the field are filled with the field's median colour. Otherwise the crop
+    function of `preprocess.crop` (or a square around the box with `padding`) is used.
     """
     if rbc_px and frame_rbc:
         fill = np.median(rgb[::16, ::16].reshape(-1, 3), axis=0)
-        return [frame_crop(rgb, c.box, rbc_px * frame_rbc, fill) for c in cells]
+        lo, hi = FRAME_BOX_RANGE
+        out = []
+        for c in cells:
+            long_side = max(c.box[2] - c.box[0], c.box[3] - c.box[1])
+            side = float(np.clip(rbc_px * frame_rbc, lo * long_side, hi * long_side))
+            out.append(frame_crop(rgb, c.box, side, fill))
+        return out
     try:
         from bloodsmear.preprocess.crop import crop_cell
     except ImportError:
