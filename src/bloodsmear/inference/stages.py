@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from bloodsmear.errors import InputError
@@ -55,52 +54,32 @@ FRAME_BOX_RANGE = (2.0, 4.0)
 
 def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], *, padding: float | None = None,
                rbc_px: float | None = None, frame_rbc: float | None = PBC_FRAME_RBC) -> list[np.ndarray]:
-    """One crop per cell from the original image (`rgb` is not modified).
+    """One square crop per cell from the original image (`preprocess.cells.crop_cell`; `rgb` is not
+    modified; parts outside the field get the field's median colour).
 
     With `rbc_px` (red-cell diameter, original px) and `frame_rbc`, each crop is framed as a PBC image:
-    a square of `frame_rbc` red-cell diameters centred on the cell, kept within `FRAME_BOX_RANGE` times the
-    cell's longest box side, so a cell keeps its size relative to the red cells, as the classifier saw in
-    training; parts outside the field are filled with the field's median colour. Otherwise the crop
-    function of `preprocess.crop` (or a square around the box with `padding`) is used.
+    `frame_rbc` red-cell diameters wide, centred on the cell, kept within `FRAME_BOX_RANGE` times the
+    cell's longest box side, so a cell keeps its size relative to the red cells, as the classifier saw
+    in training. Otherwise the square is the cell's box plus `padding` (crop_cell's default) a side.
     """
-    if rbc_px and frame_rbc:
-        fill = np.median(rgb[::16, ::16].reshape(-1, 3), axis=0)
-        lo, hi = FRAME_BOX_RANGE
-        out = []
-        for c in cells:
-            long_side = max(c.box[2] - c.box[0], c.box[3] - c.box[1])
-            side = float(np.clip(rbc_px * frame_rbc, lo * long_side, hi * long_side))
-            out.append(frame_crop(rgb, c.box, side, fill))
-        return out
-    try:
-        from bloodsmear.preprocess.crop import crop_cell
-    except ImportError:
-        crop_cell = None
+    from bloodsmear.preprocess.cells import background_color, cell_box, crop_cell
+
+    if not cells:
+        return []
+    fill = background_color(rgb)
+    lo, hi = FRAME_BOX_RANGE
     out = []
     for c in cells:
-        if crop_cell is not None:
-            out.append(crop_cell(rgb, c) if padding is None else crop_cell(rgb, c, padding=padding))
+        if rbc_px and frame_rbc:
+            x1, y1, x2, y2 = cell_box(c)
+            long_side = max(x2 - x1, y2 - y1, 1.0)
+            side = float(np.clip(rbc_px * frame_rbc, lo * long_side, hi * long_side))
+            out.append(crop_cell(rgb, c, (side / long_side - 1.0) / 2.0, background=fill))
+        elif padding is not None:
+            out.append(crop_cell(rgb, c, padding, background=fill))
         else:
-            x1, y1, x2, y2 = c.box
-            side = max(x2 - x1, y2 - y1) * (1 + 2 * (0.15 if padding is None else padding))
-            out.append(frame_crop(rgb, c.box, side, None))
+            out.append(crop_cell(rgb, c, background=fill))
     return out
-
-
-def frame_crop(rgb: np.ndarray, box, side: float, fill=None) -> np.ndarray:
-    """A square of `side` px (at least 1.1 x the box's longest side) centred on the box. Outside the image
-    it is filled with `fill` (an RGB colour) or, with `fill=None`, clipped to the image (a view)."""
-    h, w = rgb.shape[:2]
-    x1, y1, x2, y2 = box
-    side = max(side, 1.1 * max(x2 - x1, y2 - y1), 2.0)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    xa, ya = int(round(cx - side / 2)), int(round(cy - side / 2))
-    xb, yb = xa + int(round(side)), ya + int(round(side))
-    inner = rgb[max(0, ya):min(h, yb), max(0, xa):min(w, xb)]
-    if fill is None or (xa >= 0 and ya >= 0 and xb <= w and yb <= h):
-        return inner
-    return cv2.copyMakeBorder(inner, max(0, -ya), max(0, yb - h), max(0, -xa), max(0, xb - w),
-                              cv2.BORDER_CONSTANT, value=[float(v) for v in fill])
 
 
 def estimate_rbc_diameter_px(small: np.ndarray, f: float = 1.0) -> float | None:
