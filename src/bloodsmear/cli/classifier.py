@@ -1,0 +1,115 @@
+"""Top-level classifier commands: `train`, `classify`, `eval-classifier` (argument parsing only)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from bloodsmear.cli.common import emit_json, print_table
+
+log = logging.getLogger(__name__)
+
+
+def train_cmd(
+    config: Path = typer.Argument(..., help="Experiment config (YAML/JSON); `kind:` picks classifier (default) or others."),
+    restart: bool = typer.Option(False, "--restart", help="Ignore an existing checkpoint and start over."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Override out_dir."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override epochs."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
+                                              help="Override model.pretrained (random init with --no-pretrained)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Train a model from a config file; re-running the same command resumes after a kill."""
+    from bloodsmear.training.trainer import train_from_file
+
+    over: dict = {}
+    if out_dir is not None:
+        over["out_dir"] = str(out_dir)
+    if epochs is not None:
+        over["epochs"] = epochs
+    if pretrained is not None:
+        over["model"] = {"pretrained": pretrained}
+    res = train_from_file(config, over, restart=restart, progress=progress)
+    d = res.to_dict()
+    test = d.get("test") or {}
+    print_table("Training result", ["figure", "value"],
+                [(k, v) for k, v in d.items() if not isinstance(v, dict)] + [(f"test_{k}", v) for k, v in test.items()])
+    if as_json:
+        emit_json(d)
+
+
+def classify_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Single-cell images and/or folders (walked)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model folder or shipped name (default: shipped PBC model)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions to FILE.csv or FILE.json."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (summary) as the last line."),
+) -> None:
+    """Classify single-cell images: class and probabilities per image (bad images reported and skipped)."""
+    import torch
+
+    from bloodsmear.inference.classify import classify_paths, write_predictions
+
+    if threads:
+        torch.set_num_threads(threads)
+    res = classify_paths(inputs, model=model, batch_size=batch_size, progress=progress)
+    if out is not None:
+        write_predictions(res, out)
+        log.info("wrote %d predictions to %s", len(res.predictions), out)
+    if not as_json and (out is None or len(res.predictions) <= 50):
+        print_table(f"{len(res.predictions)} cells", ["image", "class", "confidence"],
+                    [(p.path, p.label, p.confidence) for p in res.predictions])
+    counts: dict[str, int] = {}
+    for p in res.predictions:
+        counts[p.label] = counts.get(p.label, 0) + 1
+    if res.skipped:
+        log.warning("%d input(s) skipped", len(res.skipped))
+    if as_json:
+        summary = {"n": len(res.predictions), "skipped": len(res.skipped), "skipped_files": res.skipped,
+                   "counts": counts, "seconds": round(res.seconds, 3), "model": res.model,
+                   "out": str(out) if out else None}
+        if out is None:
+            summary["predictions"] = [{"path": p.path, "label": p.label, "confidence": p.confidence, "probs": p.probs}
+                                      for p in res.predictions]
+        emit_json(summary)
+
+
+def eval_classifier_cmd(
+    model: str = typer.Argument(..., help="Model folder, or a shipped model's name (`default` included)."),
+    dataset: Path = typer.Argument(..., help="Labelled dataset folder (relative names also tried under BLOODSMEAR_DATA)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="Split manifest (default: the model's own split.json)."),
+    part: str = typer.Option("test", "--part", help="Which part of the manifest to score."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Dataset format (default: the model's training format)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score a seeded sample of N images."),
+    confusion_png: Optional[Path] = typer.Option(None, "--confusion", help="Write the confusion matrix PNG here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Score a classifier: macro P/R/F1, accuracy, per class, confusion matrix."""
+    from bloodsmear.evaluation.metrics import plot_confusion
+    from bloodsmear.inference.classify import evaluate_model
+
+    ev = evaluate_model(model, dataset, split_manifest=split, split=part, format=fmt, limit=limit)
+    rep = ev.report
+    print_table(f"{Path(ev.model).name} on {ev.split} (n={ev.n})", ["class", "precision", "recall", "f1", "support"],
+                [(c, m.precision, m.recall, m.f1, m.support) for c, m in rep.per_class.items()]
+                + [("macro", rep.macro_precision, rep.macro_recall, rep.macro_f1, rep.n),
+                   ("weighted", rep.weighted_precision, rep.weighted_recall, rep.weighted_f1, rep.n)])
+    print_table("Confusion (rows true, cols predicted)", ["true"] + rep.classes,
+                [[c] + row for c, row in zip(rep.classes, rep.confusion)])
+    print_table("Summary", ["figure", "value"], list(rep.headline().items()))
+    if confusion_png is not None:
+        plot_confusion(rep, confusion_png)
+    if as_json:
+        emit_json(ev.to_dict())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("classify")(classify_cmd)
+    app.command("eval-classifier")(eval_classifier_cmd)

@@ -1,0 +1,125 @@
+"""One training engine (torchvision-references style): `train_one_epoch` and `evaluate`.
+
+    stats = train_one_epoch(model, objective, train_loader, optimizer, scheduler=sched, epoch=3)
+    result = evaluate(model, val_loader, classes)        # EvalResult: report, loss, probs, y_true
+
+The objective decides what a step computes (supervised cross-entropy, DANN, ...); a second
+`target_loader` (cycled) is passed to it batch by batch when given. `scheduler` is stepped once per
+optimizer step (OneCycle/cosine-by-step); epoch-level schedulers are the caller's business.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from bloodsmear.evaluation.metrics import ClassificationReport, classification_report_arrays
+from bloodsmear.training.objectives import Objective
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    report: ClassificationReport
+    loss: float
+    probs: np.ndarray  # (N, C)
+    y_true: np.ndarray
+    y_pred: np.ndarray
+
+
+def _cycle(loader: Iterable):
+    while True:
+        yield from loader
+
+
+def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: torch.optim.Optimizer, *,
+                    scheduler=None, target_loader=None, epoch: int = 0, classes: Sequence[str] | None = None,
+                    progress: bool = True, max_grad_norm: float | None = None) -> dict[str, float]:
+    """Train for one pass over `loader`; returns the epoch's mean logs plus accuracy/macro precision."""
+    from tqdm import tqdm
+
+    model.train()
+    objective.train()
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    target_iter = None
+    if target_loader is not None:
+        if hasattr(target_loader, "set_epoch"):
+            target_loader.set_epoch(epoch)
+        target_iter = _cycle(target_loader)
+    sums: dict[str, float] = {}
+    n_seen = 0
+    preds, trues = [], []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
+    for batch in bar:
+        tb = next(target_iter) if target_iter is not None else None
+        out = objective(model, batch, tb)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"non-finite loss {float(out.loss)} at epoch {epoch + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        bs = int(batch[0].shape[0])
+        n_seen += bs
+        for k, v in out.logs.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * bs
+        if out.logits is not None and out.targets is not None:
+            preds.append(out.logits.argmax(1).cpu().numpy())
+            trues.append(out.targets.cpu().numpy())
+        bar.set_postfix(loss=f"{out.logs['loss'] if 'loss' in out.logs else float(out.loss.detach()):.4f}")
+    stats = {k: v / max(1, n_seen) for k, v in sums.items()}
+    if preds:
+        p, t = np.concatenate(preds), np.concatenate(trues)
+        names = list(classes) if classes is not None else [str(i) for i in range(int(max(p.max(), t.max())) + 1)]
+        rep = classification_report_arrays(t, p, names)
+        stats.update(accuracy=rep.accuracy, precision=rep.macro_precision, recall=rep.macro_recall, f1=rep.macro_f1)
+    stats["lr"] = float(optimizer.param_groups[0]["lr"])
+    return stats
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N, C), labels (N,)) over a loader; labels are -1 where the loader has none."""
+    from tqdm import tqdm
+
+    model.eval()
+    probs, ys = [], []
+    for x, y in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        probs.append(torch.softmax(model(x).float(), 1).numpy())
+        ys.append(y.numpy())
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(probs), np.concatenate(ys)
+
+
+def evaluate(model: nn.Module, loader, classes: Sequence[str], *, progress: bool = False) -> EvalResult:
+    """Score a model on a labelled loader: metrics report, mean cross-entropy, probabilities."""
+    probs, y = predict(model, loader, progress=progress)
+    if len(y) == 0:
+        raise ValueError("evaluate: the loader is empty")
+    pred = probs.argmax(1)
+    p_true = probs[np.arange(len(y)), y]
+    loss = float(-np.mean(np.log(np.clip(p_true, 1e-12, 1.0))))
+    rep = classification_report_arrays(y, pred, classes)
+    return EvalResult(report=rep, loss=loss if math.isfinite(loss) else float("nan"), probs=probs, y_true=y,
+                      y_pred=pred)
+
+
+def take(loader, n_batches: int):
+    """The first n batches of a loader (smoke tests, timing)."""
+    return list(itertools.islice(iter(loader), n_batches))
+
+
+__all__ = ["train_one_epoch", "evaluate", "predict", "EvalResult", "take"]

@@ -1,0 +1,345 @@
+"""Fit a classifier from a `TrainConfig`: data -> cached arrays -> model -> epochs -> model folder.
+
+    result = train(load_train_config("configs/classifier/pbc_mobilenetv2.yaml"))
+    result.test.macro_f1, result.model_dir, result.train_seconds
+
+`fit()` is the reusable loop (checkpoint every epoch, resume, early stopping on validation macro-F1,
+time budget, optional target loader for domain adaptation objectives); `train()` wires a config to it.
+Re-running `train()` with the same config and out_dir resumes from `out_dir/checkpoint.pt` (after a
+kill); a finished run is not retrained unless `restart=True`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bloodsmear.config import TrainConfig
+from bloodsmear.evaluation.metrics import ClassificationReport
+from bloodsmear.training.engine import evaluate, train_one_epoch
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int  # 1-based; 0 = no validation
+    best_val_f1: float
+    epochs_run: int
+    train_seconds: float
+    stopped: str  # "completed" | "early_stopping" | "time_budget"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model_dir: Path
+    history: list[dict]
+    val: ClassificationReport | None
+    test: ClassificationReport | None
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    stopped: str
+    model: torch.nn.Module | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"out_dir": str(self.out_dir), "model_dir": str(self.model_dir), "best_epoch": self.best_epoch,
+                "epochs_run": self.epochs_run, "train_seconds": round(self.train_seconds, 1), "stopped": self.stopped,
+                "val": self.val.headline() if self.val else None, "test": self.test.headline() if self.test else None}
+
+
+# ----------------------------------------------------------------------------------------------- optim
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, extra_params: list | None = None) -> torch.optim.Optimizer:
+    o = cfg.optim
+    bb = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    groups = [{"params": rest, "lr": o.lr}]
+    if bb:
+        groups.append({"params": bb, "lr": o.lr * o.backbone_lr_mult})
+    if extra_params:
+        groups.append({"params": list(extra_params), "lr": o.lr})
+    name = o.name.lower()
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
+    raise ValueError(f"unknown optimizer {o.name!r} (valid: adam, adamw, sgd)")
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step LR scheduler (or None)."""
+    s = cfg.schedule
+    total = max(1, steps_per_epoch * cfg.epochs)
+    name = s.name.lower()
+    if name == "none":
+        return None
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=s.warmup_frac, final_div_factor=1.0 / max(s.min_lr_frac, 1e-6) / 25.0)
+    if name == "cosine":
+        warm = int(total * s.warmup_frac)
+
+        def f(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return s.min_lr_frac + (1 - s.min_lr_frac) * 0.5 * (1 + np.cos(np.pi * min(1.0, t)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size * steps_per_epoch, gamma=s.gamma)
+    raise ValueError(f"unknown schedule {s.name!r} (valid: none, cosine, onecycle, step)")
+
+
+# ------------------------------------------------------------------------------------------------- fit
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state()}
+
+
+def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, *, epochs: int, classes: list[str],
+        scheduler=None, target_loader=None, checkpoint: str | Path | None = None, patience: int | None = None,
+        max_minutes: float | None = None, progress: bool = True, extra_state: dict | None = None,
+        on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+    """Train for up to `epochs`, evaluating on `val_loader` (may be None) after each epoch.
+
+    Checkpoints (model, optimizer, scheduler, objective, history, best weights, elapsed time) are written
+    atomically to `checkpoint` after every epoch; when the file exists the loop resumes from it. The best
+    validation macro-F1 weights are restored into `model` at the end.
+    """
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    history: list[dict] = []
+    start_epoch, best_f1, best_epoch, elapsed, best_state, stopped = 0, -1.0, 0, 0.0, None, "completed"
+    if ckpt_path is not None and ckpt_path.is_file():
+        ck = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if scheduler is not None and ck.get("scheduler") is not None:
+            scheduler.load_state_dict(ck["scheduler"])
+        if ck.get("objective") is not None and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(ck["objective"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        start_epoch, history = int(ck["epoch"]), list(ck["history"])
+        best_f1, best_epoch, elapsed = float(ck["best_f1"]), int(ck["best_epoch"]), float(ck["elapsed"])
+        best_state, stopped = ck.get("best_state"), ck.get("stopped", "completed")
+        log.info("resumed from %s after epoch %d (%.0f s trained so far)", ckpt_path, start_epoch, elapsed)
+        if ck.get("finished"):
+            start_epoch = epochs
+    for epoch in range(start_epoch, epochs):
+        if hasattr(objective, "on_epoch_start"):
+            objective.on_epoch_start(epoch, epochs)
+        t0 = time.perf_counter()
+        tr = train_one_epoch(model, objective, train_loader, optimizer, scheduler=scheduler, target_loader=target_loader,
+                             epoch=epoch, classes=classes, progress=progress)
+        train_s = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "train_seconds": round(train_s, 2)}
+        row.update({f"train_{k}": v for k, v in tr.items()})
+        if val_loader is not None:
+            ev = evaluate(model, val_loader, classes)
+            row.update(val_loss=ev.loss, val_accuracy=ev.report.accuracy, val_precision=ev.report.macro_precision,
+                       val_recall=ev.report.macro_recall, val_f1=ev.report.macro_f1)
+            if ev.report.macro_f1 >= best_f1:  # ties: the later epoch
+                best_f1, best_epoch = ev.report.macro_f1, epoch + 1
+                best_state = copy.deepcopy(model.state_dict())
+        elapsed += time.perf_counter() - t0
+        row["elapsed_seconds"] = round(elapsed, 1)
+        history.append(row)
+        log.info("epoch %d/%d: %s", epoch + 1, epochs, ", ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"))
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+        done = epoch + 1 == epochs
+        if patience is not None and val_loader is not None and epoch + 1 - best_epoch >= patience and not done:
+            stopped, done = "early_stopping", True
+        if max_minutes is not None and elapsed > max_minutes * 60 and not done:
+            stopped, done = "time_budget", True
+        if ckpt_path is not None:
+            from bloodsmear.io import atomic_path
+
+            state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
+                     "history": history, "best_f1": best_f1, "best_epoch": best_epoch, "best_state": best_state,
+                     "elapsed": elapsed, "rng": _rng_state(), "finished": done, "stopped": stopped,
+                     "extra": extra_state or {}}
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(state, str(tmp))
+        if done:
+            if stopped != "completed":
+                log.info("stopping after epoch %d: %s", epoch + 1, stopped.replace("_", " "))
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(history=history, best_epoch=best_epoch, best_val_f1=best_f1, epochs_run=len(history),
+                     train_seconds=elapsed, stopped=stopped)
+
+
+# ----------------------------------------------------------------------------------------------- train
+def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, write_card: bool = True) -> TrainResult:
+    """Run one experiment end to end and write the model folder `out_dir/model`."""
+    from bloodsmear.io import write_json_atomic
+    from bloodsmear.models.artifact import ModelInfo, save_model
+    from bloodsmear.models.classifier import build_classifier
+    from bloodsmear.training.data import ArrayLoader
+    from bloodsmear.training.objectives import build_objective
+    from bloodsmear.training.prepare import prepare_data
+
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    if restart and ckpt.exists():
+        ckpt.unlink()
+    _check_resume_config(cfg, out, ckpt)
+    write_json_atomic(out / "train_config.json", cfg.to_dict())
+
+    data = prepare_data(cfg, progress=progress)
+    model = build_classifier(cfg.model.backbone, len(data.classes), mode=cfg.model.mode,
+                             pretrained=(cfg.model.weights or True) if cfg.model.pretrained else False,
+                             hidden=cfg.model.hidden, dropout=cfg.model.dropout)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    spec = model.backbone.spec
+    mk = dict(mean=spec.mean, std=spec.std, channels_last=cfg.channels_last)
+    train_loader = ArrayLoader(data.train_x, data.train_y, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
+                               balanced=cfg.balanced_sampling, seed=cfg.seed, drop_last=len(data.train_y) > cfg.batch_size,
+                               **mk)
+    val_loader = ArrayLoader(data.val_x, data.val_y, batch_size=cfg.eval_batch_size, **mk) if len(data.val_y) else None
+    objective = build_objective(cfg.objective, label_smoothing=cfg.label_smoothing)
+    optimizer = build_optimizer(cfg, model, [p for p in objective.parameters()])
+    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
+    log.info("training %s (%s, %s) on %d images, %d classes, %d px, %d epochs of %d steps", cfg.model.backbone,
+             cfg.model.mode, "ImageNet" if cfg.model.pretrained else "random init", len(data.train_y),
+             len(data.classes), cfg.data.image_size, cfg.epochs, len(train_loader))
+    fr = fit(model, objective, train_loader, val_loader, optimizer, epochs=cfg.epochs, classes=data.classes,
+             scheduler=scheduler, checkpoint=ckpt, patience=cfg.early_stopping_patience,
+             max_minutes=cfg.max_train_minutes, progress=progress)
+
+    val_rep = evaluate(model, val_loader, data.classes).report if val_loader is not None else None
+    test_rep = None
+    if len(data.test_y):
+        test_loader = ArrayLoader(data.test_x, data.test_y, batch_size=cfg.eval_batch_size, **mk)
+        test_rep = evaluate(model, test_loader, data.classes).report
+    info = ModelInfo(backbone=cfg.model.backbone, classes=list(data.classes), input_size=cfg.data.image_size,
+                     mean=list(spec.mean), std=list(spec.std), crop_fraction=cfg.data.crop_fraction,
+                     mode=cfg.model.mode, hidden=cfg.model.hidden, dropout=cfg.model.dropout, name=cfg.name,
+                     seed=cfg.seed, training=cfg.to_dict())
+    metrics = {"test": test_rep.to_dict() if test_rep else None, "val": val_rep.to_dict() if val_rep else None,
+               "best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run, "train_seconds": round(fr.train_seconds, 1),
+               "stopped": fr.stopped, "n_train": int(len(data.train_y)), "n_val": int(len(data.val_y)),
+               "n_test": int(len(data.test_y))}
+    model_dir = out / "model"
+    save_model(model, model_dir, info, history=fr.history, metrics=metrics, manifest=data.manifest)
+    plot_history(fr.history, model_dir / "history.png", title=cfg.name)
+    if test_rep is not None:
+        from bloodsmear.evaluation.metrics import plot_confusion
+
+        plot_confusion(test_rep, model_dir / "confusion_test.png", title=f"{cfg.name} test")
+    if write_card:
+        from bloodsmear.models.card import render_card
+
+        (model_dir / "card.md").write_text(render_card(info, metrics, fr.history, data), encoding="utf-8")
+    write_json_atomic(out / "result.json", {**metrics, "model_dir": str(model_dir)})
+    return TrainResult(out_dir=out, model_dir=model_dir, history=fr.history, val=val_rep, test=test_rep,
+                       best_epoch=fr.best_epoch, epochs_run=fr.epochs_run, train_seconds=fr.train_seconds,
+                       stopped=fr.stopped, model=model)
+
+
+# "kind" of a config file -> runner(path, overrides, restart, progress) -> result with .to_dict()
+TRAIN_KINDS: dict[str, Callable] = {}
+
+
+def register_train_kind(kind: str):
+    """Let other experiment kinds (e.g. "dann") plug into `bloodsmear train CONFIG`."""
+    def deco(fn):
+        TRAIN_KINDS[kind] = fn
+        return fn
+
+    return deco
+
+
+@register_train_kind("classifier")
+def _train_classifier_file(path, overrides: dict | None = None, *, restart: bool = False, progress: bool = True):
+    from bloodsmear.config import load_train_config
+
+    return train(load_train_config(path, overrides), restart=restart, progress=progress)
+
+
+def train_from_file(path: str | Path, overrides: dict | None = None, *, restart: bool = False, progress: bool = True):
+    """Run the experiment in a config file; its `kind` (default "classifier") picks the runner."""
+    from bloodsmear.config import load_config_dict
+    from bloodsmear.errors import InputError
+
+    kind = str(load_config_dict(path).get("kind", "classifier"))
+    if kind not in TRAIN_KINDS:
+        import importlib
+
+        for mod in (f"bloodsmear.training.{kind}", f"bloodsmear.training.{kind}_trainer"):
+            try:
+                importlib.import_module(mod)
+            except ModuleNotFoundError:
+                continue
+    if kind not in TRAIN_KINDS:
+        raise InputError(path, f"unknown experiment kind {kind!r} (valid: {', '.join(sorted(TRAIN_KINDS))})")
+    return TRAIN_KINDS[kind](path, overrides, restart=restart, progress=progress)
+
+
+def _check_resume_config(cfg: TrainConfig, out: Path, ckpt: Path) -> None:
+    """Refuse to resume a checkpoint written for a different config (a silent mix would be wrong)."""
+    prev = out / "train_config.json"
+    if not ckpt.exists() or not prev.exists():
+        return
+    old = json.loads(prev.read_text())
+    new = cfg.to_dict()
+    ignore = {"max_train_minutes", "threads", "eval_batch_size"}
+    diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    if diff:
+        from bloodsmear.errors import InputError
+
+        raise InputError(ckpt, f"checkpoint was written with a different config (differs in: {', '.join(diff)}); "
+                               "use another out_dir or --restart")
+
+
+def plot_history(history: list[dict], dest: str | Path, *, title: str = "") -> Path | None:
+    """Loss, accuracy and precision per epoch, train vs validation (the paper's Figs. 12-13)."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=100)
+    for ax, key, name in zip(axes, ("loss", "accuracy", "precision"), ("loss", "accuracy", "macro precision")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ys = [h.get(f"{split}_{key}") for h in history]
+            if any(v is not None for v in ys):
+                ax.plot(ep, [np.nan if v is None else v for v in ys], style, ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    from bloodsmear.evaluation.metrics import save_png
+
+    return save_png(fig, dest)
+
+
+__all__ = ["fit", "train", "train_from_file", "register_train_kind", "FitResult", "TrainResult", "build_optimizer",
+           "build_scheduler", "plot_history"]
