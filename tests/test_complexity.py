@@ -104,3 +104,19 @@ def test_model_complexity_with_builder_modes():
     assert r.params["frozen"].total == r.params["finetune"].total
     with pytest.raises(ValueError):
         model_complexity("toy", train_mode="bogus", builder=build)
+
+
+def test_model_complexity_builds_once_when_the_model_switches_modes():
+    from bloodsmear.models.classifier import build_classifier
+
+    built = []
+
+    def build(name, mode, num_classes):
+        built.append(mode)
+        return build_classifier(name, num_classes, mode=mode)
+
+    r = model_complexity("tiny_cnn", input_size=16, batch_size=2, num_classes=3, timing=False, train_mode="frozen",
+                         builder=build)
+    assert built == ["frozen"]
+    assert r.params["frozen"].trainable == 16 * 128 + 128 + 128 * 3 + 3  # the head only
+    assert r.params["finetune"].trainable == r.params["finetune"].total > r.params["frozen"].trainable

@@ -324,8 +324,15 @@ def model_complexity(
     if train_mode not in MODES:
         raise ValueError(f"train_mode must be one of {MODES}, got {train_mode!r}")
     build = builder or build_classifier_for_complexity
-    by_mode = {mode: count_params(build(name, mode, num_classes)) for mode in MODES}
     model = build(name, train_mode, num_classes)
+    if hasattr(model, "set_mode"):  # the paper's classifier switches modes in place: build once
+        by_mode = {}
+        for mode in MODES:
+            model.set_mode(mode)
+            by_mode[mode] = count_params(model)
+        model.set_mode(train_mode)
+    else:
+        by_mode = {mode: count_params(build(name, mode, num_classes)) for mode in MODES}
     r = module_complexity(
         model,
         name=name,
