@@ -60,3 +60,19 @@ def test_flip_modes_each_about_a_third(rng):
     assert np.allclose(seen / 600, 1 / 3, atol=0.06)
     with pytest.raises(ValueError):
         PaperPolicy(flags=(True,) * 3)(np.zeros((8, 8, 3), np.uint8), 0)
+
+
+def test_paper_dann_batch_preset_is_registered_and_seeded():
+    import torch
+
+    import bloodsmear.preprocess.augment_paper  # noqa: F401 - registers the preset
+    from bloodsmear.preprocess.augment import get_augment
+
+    aug = get_augment("paper_dann")
+    x = torch.rand(4, 3, 24, 24) * 255
+    before = x.clone()
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    c = aug(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(x, before) and a.shape == x.shape and a.dtype == x.dtype

@@ -37,6 +37,8 @@ def get_augment(name: str | None) -> Augment:
     if name is None:
         name = "none"
     if name not in _PRESETS:
+        import bloodsmear.preprocess.augment_paper  # noqa: F401 - registers "paper_dann" (the paper's policy)
+    if name not in _PRESETS:
         raise KeyError(f"unknown augment preset {name!r} (valid: {', '.join(list_augments())})")
     return _PRESETS[name]
 
