@@ -191,3 +191,21 @@ def test_bench_analyze_reports_both_pipelines(smears, monkeypatch):
     photo = bench.synthetic_photo(make_field(640, 480, ONE))
     assert photo.shape == (3024, 4032, 3) and photo.dtype == np.uint8
     assert bench.synthetic_photo().shape == (3024, 4032, 3)
+
+
+def test_evaluate_a_segmenter_folder_alone(tmp_path):
+    from pipeline_fakes import DiscSegmenter
+
+    from bloodsmear.evaluation.pipeline_eval import evaluate_pipeline
+    from bloodsmear.models.segmenter_base import register_segmenter
+
+    register_segmenter("fake-discs")(lambda folder: DiscSegmenter(20.0))
+    folder = tmp_path / "seg"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"kind": "fake-discs"}')
+    p = write_field(tmp_path / "f.png", 400, 300, TWO)
+    gt = AnnotatedImage(path=p, width=400, height=300,
+                        cells=[Cell(label="wbc", box=_box(cx, cy, r)) for cx, cy, r, _ in TWO])
+    rep = evaluate_pipeline(Dataset("toy", tmp_path, [gt]), segmenter=str(folder), scale=20)
+    assert rep["pipeline"]["segmenter_kind"] == "fake-discs" and rep["split"] == "all"
+    assert rep["figures"]["wbc_box_ap50"] == pytest.approx(1.0) and "class_macro_f1" not in rep["figures"]

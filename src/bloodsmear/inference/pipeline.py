@@ -268,7 +268,8 @@ class Pipeline:
         fy, fx = work.shape[0] / h, work.shape[1] / w  # exact per-axis factors after rounding
         t["resize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        cells = [_to_original(c, fx, fy, w, h) for c in self.segment(work)]
+        cells = [_to_original(c, fx, fy, w, h) for c in self.segment(work)
+                 if (c.polygon is not None and len(c.polygon) >= 3) or c.box is not None]
         t["segment"] = time.perf_counter() - t0
         return SlideResult(name=name, width=w, height=h, cells=cells, path=path, scale=factor,
                            rbc_diameter_px=rbc_d, timings=t, meta={"scale_source": source})
