@@ -17,7 +17,7 @@ MAX_SIDE = 1600  # longest side of an overlay image
 #: Fast lossless PNG settings (~2x faster than OpenCV's default filter choice, files as small).
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-REVIEW_COLOUR = (255, 140, 0)  # RGB orange: cells whose final score is below the review threshold
+REVIEW_COLOUR = (255, 0, 255)  # RGB magenta: cells whose final score is below the review threshold
 
 # A fixed, colour-blind-friendly palette (RGB); classes get a stable colour from their name.
 _PALETTE = [
