@@ -31,3 +31,14 @@ def need(root: Path, *parts: str) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny nets run fastest on one thread (OpenMP threads spin badly on a loaded machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,309 @@
+"""Training of the fast WBC segmenter (`bloodsmear.models.segmenter`): time-budgeted, checkpointed,
+resumable. `train_segmenter("configs/segmenter/fast.yaml")` builds the fields (seg_data), trains on
+random crops at random working scales, keeps the best model on the validation split and writes the
+model folder.
+
+Targets per crop: foreground = any WBC instance; centredness = per instance distance to its border
+divided by its maximum (computed on a margin-padded window so cells cut by the crop keep their true
+centre). Scale augmentation: red cells log-uniform in [scale_min, scale_max] x the working size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from bloodsmear.models.segmenter import FastSegConfig, FastSegmenter, build_net, normalise
+from bloodsmear.training.seg_data import FieldDataConfig, SegField, build_field_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegTrainConfig:
+    out_dir: str = "runs/wbc-seg-fast"
+    data_root: str | None = None
+    data: dict = field(default_factory=dict)  # FieldDataConfig fields
+    model: dict = field(default_factory=dict)  # FastSegConfig fields
+    crop: int = 128
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    max_iters: int = 6000
+    budget_minutes: float = 30.0  # CPU time of this process (both threads count), not wall-clock
+    max_wall_minutes: float = 90.0
+    threads: int = 2
+    scale_min: float = 0.6
+    scale_max: float = 1.7
+    source_weights: dict = field(default_factory=lambda: {"bccd": 1.0, "lisc": 1.0, "composite": 1.0})
+    val_every: int = 250
+    ckpt_every: int = 100
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SegTrainConfig":
+        import yaml
+
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            from bloodsmear.errors import InputError
+
+            raise InputError(path, f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+# ------------------------------------------------------------------ targets and sampling
+
+
+def instance_targets(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, centredness) float32 maps of an instance label image."""
+    from scipy import ndimage as ndi
+
+    fg = (lab > 0).astype(np.float32)
+    cen = np.zeros(lab.shape, np.float32)
+    for i, sl in enumerate(ndi.find_objects(lab)):
+        if sl is None:
+            continue
+        ys = slice(max(0, sl[0].start - 1), sl[0].stop + 1)
+        xs = slice(max(0, sl[1].start - 1), sl[1].stop + 1)
+        m = (lab[ys, xs] == i + 1).astype(np.uint8)
+        d = cv2.distanceTransform(np.pad(m, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+        if d.max() > 0:
+            cen[ys, xs] = np.where(m > 0, d / d.max(), cen[ys, xs])
+    return fg, cen
+
+
+def colour_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-8, 8)) % 180
+    hsv[..., 1] *= rng.uniform(0.7, 1.3)
+    hsv[..., 2] *= rng.uniform(0.85, 1.15)
+    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+    if rng.random() < 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.0))
+    return out
+
+
+def sample_crop(fld: SegField, cfg: SegTrainConfig, work_rbc: float, store_rbc: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented (image CHW, fg, centre) training crop of `cfg.crop` px at a random working scale."""
+    rbc = work_rbc * np.exp(rng.uniform(np.log(cfg.scale_min), np.log(cfg.scale_max)))
+    f = rbc / store_rbc
+    margin = 12
+    win = int(np.ceil((cfg.crop + 2 * margin) / f))
+    H, W = fld.labels.shape
+    # bias half the crops to contain a WBC
+    if fld.labels.max() > 0 and rng.random() < 0.6:
+        ys, xs = np.nonzero(fld.labels[::4, ::4])
+        j = int(rng.integers(len(ys)))
+        cy, cx = ys[j] * 4 + int(rng.integers(-win // 3, win // 3 + 1)), xs[j] * 4 + int(rng.integers(-win // 3, win // 3 + 1))
+        y0, x0 = cy - win // 2, cx - win // 2
+    else:
+        y0, x0 = int(rng.integers(-win // 4, max(1, H - 3 * win // 4))), int(rng.integers(-win // 4, max(1, W - 3 * win // 4)))
+    pad = win
+    img = cv2.copyMakeBorder(fld.image, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    lab = cv2.copyMakeBorder(fld.labels.astype(np.int32), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    y0 = int(np.clip(y0, -pad, H)) + pad
+    x0 = int(np.clip(x0, -pad, W)) + pad
+    img, lab = img[y0:y0 + win, x0:x0 + win], lab[y0:y0 + win, x0:x0 + win]
+    size = cfg.crop + 2 * margin
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    lab = cv2.resize(lab, (size, size), interpolation=cv2.INTER_NEAREST)
+    fg, cen = instance_targets(lab)
+    sl = slice(margin, margin + cfg.crop)
+    img, fg, cen = img[sl, sl], fg[sl, sl], cen[sl, sl]
+    k = int(rng.integers(4))
+    img, fg, cen = np.rot90(img, k), np.rot90(fg, k), np.rot90(cen, k)
+    if rng.random() < 0.5:
+        img, fg, cen = img[:, ::-1], fg[:, ::-1], cen[:, ::-1]
+    img = colour_jitter(np.ascontiguousarray(img), rng)
+    return normalise(img, {"type": "percentile", "low": 1.0, "high": 99.0, "subsample": 2}), \
+        np.ascontiguousarray(fg), np.ascontiguousarray(cen)
+
+
+def make_batch(fields_by_src: dict[str, list[SegField]], cfg: SegTrainConfig, work_rbc: float, store_rbc: float,
+               rng: np.random.Generator):
+    srcs = [s for s in fields_by_src if fields_by_src[s] and cfg.source_weights.get(s, 0) > 0]
+    p = np.array([cfg.source_weights[s] for s in srcs], float)
+    p /= p.sum()
+    xs, fgs, cens = [], [], []
+    for _ in range(cfg.batch_size):
+        s = srcs[int(rng.choice(len(srcs), p=p))]
+        fl = fields_by_src[s][int(rng.integers(len(fields_by_src[s])))]
+        x, fg, c = sample_crop(fl, cfg, work_rbc, store_rbc, rng)
+        xs.append(x)
+        fgs.append(fg)
+        cens.append(c)
+    return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(fgs))[:, None],
+            torch.from_numpy(np.stack(cens))[:, None])
+
+
+def seg_loss(out: torch.Tensor, fg: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
+    bce = nn.functional.binary_cross_entropy_with_logits
+    return bce(out[:, :1], fg) + 2.0 * bce(out[:, 1:2], cen)
+
+
+# ------------------------------------------------------------------ validation
+
+
+def box_prf(gt_boxes: list, pred_boxes: list, iou: float = 0.5) -> tuple[int, int, int]:
+    """(tp, fp, fn) of a greedy one-to-one box match at IoU >= `iou` (predictions in score order)."""
+    used = set()
+    tp = 0
+    for pb in pred_boxes:
+        best, bj = 0.0, -1
+        for j, gb in enumerate(gt_boxes):
+            if j in used:
+                continue
+            v = _iou(pb, gb)
+            if v > best:
+                best, bj = v, j
+        if best >= iou:
+            used.add(bj)
+            tp += 1
+    return tp, len(pred_boxes) - tp, len(gt_boxes) - tp
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    u = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / u if u > 0 else 0.0
+
+
+def label_boxes(lab: np.ndarray) -> list[tuple[float, float, float, float]]:
+    from scipy import ndimage as ndi
+
+    return [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndi.find_objects(lab) if s is not None]
+
+
+def validate(seg: FastSegmenter, fields: list[SegField], store_rbc: float) -> dict:
+    """Box P/R/F1 at IoU 0.5 on validation fields brought to the working scale."""
+    f = seg.rbc_diameter_px / store_rbc
+    tp = fp = fn = 0
+    for fl in fields:
+        img = cv2.resize(fl.image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        lab = cv2.resize(fl.labels.astype(np.int32), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+        pred = [c.box for c in seg.predict(img)]
+        a, b, c = box_prf(label_boxes(lab), pred)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    p = tp / max(tp + fp, 1)
+    r = tp / max(tp + fn, 1)
+    return {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-9), "tp": tp, "fp": fp, "fn": fn}
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def lr_at(it: int, cfg: SegTrainConfig) -> float:
+    """Linear warm-up (3 %) then cosine decay to 2 % of `lr` at `max_iters` (stateless: resume-safe)."""
+    warm = max(1, int(0.03 * cfg.max_iters))
+    if it < warm:
+        return cfg.lr * (it + 1) / warm
+    t = min(1.0, (it - warm) / max(1, cfg.max_iters - warm))
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * t)))
+
+
+def train_segmenter(config_path: str | Path | SegTrainConfig, *, out_dir: str | Path | None = None) -> dict:
+    """Train (or resume) the fast segmenter from a config; returns the summary written to the run folder."""
+    from bloodsmear.io import atomic_path, write_json_atomic
+    from bloodsmear.settings import data_root as default_root
+
+    cfg = config_path if isinstance(config_path, SegTrainConfig) else SegTrainConfig.load(config_path)
+    out = Path(out_dir or cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, cfg.threads))
+    torch.manual_seed(cfg.seed)
+    root = Path(cfg.data_root) if cfg.data_root else default_root()
+    dcfg = FieldDataConfig(**{**cfg.data, **({"sources": tuple(cfg.data["sources"])} if "sources" in cfg.data else {})})
+    train_f, train_stats = build_field_dataset(root, "train", dcfg)
+    val_f, val_stats = build_field_dataset(root, "val", dcfg)
+    by_src: dict[str, list[SegField]] = {}
+    for fl in train_f:
+        by_src.setdefault(fl.source, []).append(fl)
+    mcfg = FastSegConfig.from_dict(cfg.model)
+    net = build_net(mcfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ckpt = out / "checkpoint.pt"
+    state = {"iter": 0, "best_f1": -1.0, "history": [], "elapsed": 0.0}
+    if ckpt.is_file():
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        state = ck["state"]
+        log.info("resumed from %s at iteration %d", ckpt, state["iter"])
+    rng = np.random.default_rng([cfg.seed, state["iter"]])
+    store = dcfg.store_rbc_px
+    t_start = time.time() - state["elapsed"]
+    cpu_start = time.process_time() - state.get("cpu", 0.0)
+    run_loss = None
+    while (state["iter"] < cfg.max_iters and (time.process_time() - cpu_start) < cfg.budget_minutes * 60
+           and (time.time() - t_start) < cfg.max_wall_minutes * 60):
+        net.train()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(state["iter"], cfg)
+        x, fg, cen = make_batch(by_src, cfg, mcfg.rbc_diameter_px, store, rng)
+        loss = seg_loss(net(x), fg, cen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state["iter"] += 1
+        run_loss = loss.item() if run_loss is None else 0.95 * run_loss + 0.05 * loss.item()
+        it = state["iter"]
+        if it % cfg.val_every == 0 or it == cfg.max_iters:
+            seg = FastSegmenter(net.eval(), mcfg)
+            v = validate(seg, val_f, store)
+            state["history"].append({"iter": it, "loss": run_loss, "minutes": (time.time() - t_start) / 60,
+                                     "cpu_minutes": (time.process_time() - cpu_start) / 60, **v})
+            log.info("iter %d loss %.4f val P %.3f R %.3f F1 %.3f", it, run_loss, v["precision"], v["recall"], v["f1"])
+            if v["f1"] > state["best_f1"]:
+                state["best_f1"] = v["f1"]
+                state["best_iter"] = it
+                seg.save(out / "best")
+        if it % cfg.ckpt_every == 0:
+            state["elapsed"] = time.time() - t_start
+            state["cpu"] = time.process_time() - cpu_start
+            with atomic_path(ckpt) as tmp:
+                torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
+                            "state": state}, tmp)
+            log.info("iter %d loss %.4f (%.1f min)", it, run_loss, state["elapsed"] / 60)
+    state["elapsed"] = time.time() - t_start
+    state["cpu"] = time.process_time() - cpu_start
+    if not (out / "best" / "config.json").is_file():
+        FastSegmenter(net.eval(), mcfg).save(out / "best")
+    summary = {"config": asdict(cfg), "iterations": state["iter"], "minutes": state["elapsed"] / 60,
+               "cpu_minutes": state["cpu"] / 60,
+               "best_iter": state.get("best_iter"), "best_val": max(state["history"], key=lambda h: h["f1"])
+               if state["history"] else None, "history": state["history"],
+               "data": {"train": [asdict(s) | {"skipped": len(s.skipped)} for s in train_stats],
+                        "val": [asdict(s) | {"skipped": len(s.skipped)} for s in val_stats]}}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - `python -m` entry point
+    import argparse
+
+    from bloodsmear.cli.common import setup_logging
+
+    ap = argparse.ArgumentParser(description="Train the fast WBC segmenter from a YAML config.")
+    ap.add_argument("config")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    setup_logging()
+    s = train_segmenter(a.config, out_dir=a.out)
+    log.info("done: %d iterations, best val %s", s["iterations"], s["best_val"])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
