@@ -64,6 +64,13 @@ def test_no_stain_keeps_the_whole_image(method):
     assert not res.found and res.box == (0, 0, img.shape[1], img.shape[0]) and res.radius == 0
 
 
+@pytest.mark.parametrize("method", ["paper", "fast"])
+def test_image_too_small_for_peaks(method):
+    img = field(h=30, w=35, discs=[((17, 15), 8)])  # no pixel is 20 px from the border
+    res = C.crop_box(img, method)
+    assert not res.found and res.box == (0, 0, 35, 30)
+
+
 def test_fast_agrees_with_paper_on_synthetic_fields():
     cases = [
         dict(discs=[((100, 95), 35), ((150, 120), 22)], rbcs=[((40, 40), 20)], noise=6),  # touching: split
@@ -146,8 +153,8 @@ def test_bench_crop_reports_both_methods(tmp_path):
     for i in range(3):
         write_image_atomic(tmp_path / f"im{i}.png", field(discs=[((100 + 5 * i, 100), 30 + 5 * i)]))
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    b = bench_crop(tmp_path, progress=False)
-    assert b.images == 3 and len(b.skipped) == 1
+    b = bench_crop(tmp_path, repeat=2, progress=False)
+    assert b.images == 3 and b.repeat == 2 and len(b.skipped) == 1
     assert b.paper_ms > 0 and b.fast_ms > 0 and b.ratio == pytest.approx(b.paper_ms / b.fast_ms)
     assert 0.9 <= b.iou <= 1.0 and b.iou_min <= b.iou
     assert set(b.to_dict()) >= {"paper_ms", "fast_ms", "ratio", "iou", "images"}

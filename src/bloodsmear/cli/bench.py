@@ -109,13 +109,14 @@ def classify_bench(
 def bench_crop_cmd(
     images_dir: str = typer.Argument(..., help="Folder of single-cell images (e.g. pbc-original-sample)."),
     limit: int = typer.Option(None, "--limit", help="Use the first N images."),
+    repeat: int = typer.Option(1, "--repeat", help="Runs per image and method; the fastest counts."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """The paper's C-PBC crop vs the fast one on the same images: ms/image, ratio, crop-box IoU."""
     from bloodsmear.cli.common import emit_json, print_table
     from bloodsmear.preprocess.crop_batch import bench_crop
 
-    b = bench_crop(images_dir, limit=limit)
+    b = bench_crop(images_dir, limit=limit, repeat=repeat)
     print_table(f"bench crop ({b.images} images)", ["figure", "value"],
                 [(k, v) for k, v in b.to_dict().items() if k != "skipped"] + [("skipped", len(b.skipped))])
     if json_out:

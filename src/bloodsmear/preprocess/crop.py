@@ -188,7 +188,7 @@ def paper_crop(rgb: np.ndarray) -> CropResult:
 # the fast equivalent
 
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
-_PARITY: dict[tuple[int, int], np.ndarray] = {}
+_BOARDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def fast_crop(rgb: np.ndarray, *, scale: int = FAST_SCALE) -> CropResult:
@@ -209,7 +209,7 @@ def fast_crop(rgb: np.ndarray, *, scale: int = FAST_SCALE) -> CropResult:
     k = 2 * DILATE_ITERATIONS * (DILATE_KERNEL // 2) + 1
     mask = cv2.dilate(cv2.inRange(hsv, HSV_LOWER, HSV_UPPER), np.ones((k, k), np.uint8))
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_5)
-    ys, xs = _peaks(dist, mask, MIN_DISTANCE)
+    ys, xs = _peaks(dist, mask, MIN_DISTANCE, quantize=True)
     if len(ys) == 0:
         return _result(w, h, 0.0, None, "fast", 0)
     hs, ws = max(1, h // s), max(1, w // s)
@@ -228,7 +228,9 @@ def fast_crop(rgb: np.ndarray, *, scale: int = FAST_SCALE) -> CropResult:
     return _result(w, h, r, c, "fast", n)
 
 
-def _peaks(dist: np.ndarray, mask: np.ndarray, min_distance: int) -> tuple[np.ndarray, np.ndarray]:
+def _peaks(
+    dist: np.ndarray, mask: np.ndarray, min_distance: int, *, quantize: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(ys, xs) of ``peak_local_max(dist, min_distance, labels=mask)``, by the same rules.
 
     Candidates: pixels of the mask, at least `min_distance` from the image border, equal to the max
@@ -241,12 +243,17 @@ def _peaks(dist: np.ndarray, mask: np.ndarray, min_distance: int) -> tuple[np.nd
     if h <= 2 * b or w <= 2 * b:
         return np.empty(0, int), np.empty(0, int)
     inner = dist[b : h - b, b : w - b]  # a view: OpenCV takes row-strided arrays
+    if quantize and dist.dtype == np.float32:
+        # the max filter is ~2x faster on uint16; min..max -> 0..65535 keeps the order (steps of
+        # max/65535 px, finer than the gaps between chamfer distances), only merging float noise
+        q = cv2.normalize(inner, None, 0, 65535, cv2.NORM_MINMAX, dtype=cv2.CV_16U)
+    else:
+        q = inner
     kernel = np.ones((2 * b + 1, 2 * b + 1), np.uint8)
-    local_max = cv2.dilate(inner, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=-1.0)
-    cand = cv2.bitwise_and(cv2.compare(inner, local_max, cv2.CMP_EQ), mask[b : h - b, b : w - b])
-    lowest = float(dist.min())
-    if lowest > 0:  # no background pixel at all; otherwise every mask pixel is above the minimum
-        cand = cv2.bitwise_and(cand, cv2.compare(inner, lowest, cv2.CMP_GT))
+    local_max = cv2.dilate(q, kernel)  # the default border never wins a max
+    cand = cv2.bitwise_and(cv2.compare(q, local_max, cv2.CMP_EQ), mask[b : h - b, b : w - b])
+    if cv2.countNonZero(mask) == mask.size:  # no background pixel: compare with the minimum
+        cand = cv2.bitwise_and(cand, cv2.compare(inner, float(dist.min()), cv2.CMP_GT))
     pts = cv2.findNonZero(cand)  # raster order
     if pts is None:
         return np.empty(0, int), np.empty(0, int)
@@ -282,12 +289,14 @@ def _greedy_spacing(ys: np.ndarray, xs: np.ndarray, b: int) -> np.ndarray:
         i = i + 1 + int(rest[0])
 
 
-def _parity(h: int, w: int) -> np.ndarray:
-    if (h, w) not in _PARITY:
-        if len(_PARITY) > 16:
-            _PARITY.clear()
-        _PARITY[(h, w)] = (np.indices((h, w)).sum(0) % 2 == 0).astype(np.uint8)
-    return _PARITY[(h, w)]
+def _checkerboard(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(even, odd, zero) uint8 planes: 255 where (x + y) is even / odd, and zeros (cached by size)."""
+    if (h, w) not in _BOARDS:
+        if len(_BOARDS) > 16:
+            _BOARDS.clear()
+        even = np.where(np.indices((h, w)).sum(0) % 2 == 0, 255, 0).astype(np.uint8)
+        _BOARDS[(h, w)] = (even, 255 - even, np.zeros((h, w), np.uint8))
+    return _BOARDS[(h, w)]
 
 
 def _watershed(dist: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -302,20 +311,16 @@ def _watershed(dist: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.nd
     segment connected to its own marker, and adds the watershed lines (-1) next to it.
     """
     h, w = dist.shape
-    top = float(dist.max())
-    level = np.full((h + 2, w + 2), 255, np.uint8)
-    scaled = cv2.convertScaleAbs(dist, alpha=253.0 / top if top > 0 else 0.0)  # rounds, saturates
-    np.subtract(254, scaled, out=level[1:-1, 1:-1], where=mask > 0)
-    even = _parity(h + 2, w + 2)
-    img = np.zeros((h + 2, w + 2, 3), np.uint8)
-    img[..., 0] = level * even
-    img[..., 1] = level * (1 - even)
+    top = cv2.minMaxLoc(dist)[1]
+    scaled = cv2.convertScaleAbs(dist, alpha=253.0 / top if top > 0 else 0.0)  # rounds, <= 253
+    level = cv2.max(254 - scaled, cv2.bitwise_not(mask))  # 255 outside the mask
+    level = cv2.copyMakeBorder(level, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=255)
+    even, odd, zero = _checkerboard(h + 2, w + 2)
+    img = cv2.merge((cv2.bitwise_and(level, even), cv2.bitwise_and(level, odd), zero))
     # background away from the mask is pre-labelled, so the flood never spends time there
-    far = np.full((h + 2, w + 2), 255, np.uint8)
-    far[1:-1, 1:-1] = cv2.dilate(mask, _CROSS)
     background = int(markers.max()) + 1
-    mk = np.where(far == 0, np.int32(background), 0).astype(np.int32)
-    mk[1:-1, 1:-1] += markers
+    mk = cv2.copyMakeBorder(markers, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=background)
+    mk[1:-1, 1:-1][cv2.dilate(mask, _CROSS) == 0] = background
     cv2.watershed(img, mk)  # OpenCV forces the 1-pixel frame to -1: the padding absorbs it
     labels = mk[1:-1, 1:-1]
     labels[(mask == 0) | (labels == background)] = 0
@@ -329,7 +334,8 @@ def _largest_circle(
 
     Segment i is the part of ``labels == i`` (plus adjacent watershed lines) 4-connected to its
     marker ``seeds[.][i - 1]``, taken at full resolution (upsampled, intersected with `mask`).
-    Segments are visited by decreasing bounding-box half-diagonal, an upper bound of their circle.
+    Segments are visited by decreasing bounding-box half-diagonal, an upper bound of their circle,
+    and only measured at full resolution when their low-resolution circle could still win.
     """
     h, w = mask.shape
     hs, ws = labels.shape
@@ -356,6 +362,10 @@ def _largest_circle(
         seg = (parts == parts[seeds[0][label - 1] - ly0, seeds[1][label - 1] - lx0]).astype(np.uint8)
         seg *= np.uint8(255)
         if s > 1:
+            # a tighter bound first: the low-res circle, grown by the largest offset within a block
+            low, _ = cv2.findContours(seg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            if s * cv2.minEnclosingCircle(np.concatenate(low))[1] + (s - 1) * 1.4143 <= best_r:
+                continue
             seg = cv2.resize(seg, (seg.shape[1] * s, seg.shape[0] * s), interpolation=cv2.INTER_NEAREST)
         seg = cv2.bitwise_and(seg[: y1 - y0, : x1 - x0], mask[y0:y1, x0:x1])
         contours, _ = cv2.findContours(seg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
