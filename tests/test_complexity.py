@@ -63,8 +63,14 @@ def test_shared_parameters_counted_once():
 def test_activation_bytes_by_hand():
     net = _net()
     x = torch.rand(2, 3, 8, 8)
-    per_sample = 256 + 256 + 32 + 32 + 5
+    per_sample = 256 + 256 + 32 + 5  # Flatten returns a view of the conv output: no new memory
     assert activation_bytes(net, x) == 2 * per_sample * 4  # fp32
+
+
+def test_activation_bytes_counts_in_place_outputs_once():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(inplace=True), nn.Identity(), nn.Conv2d(4, 2, 1))
+    x = torch.rand(1, 3, 5, 5)
+    assert activation_bytes(net, x) == (4 * 25 + 2 * 25) * 4
 
 
 def test_state_dict_bytes_fp16_smaller():

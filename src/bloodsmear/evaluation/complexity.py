@@ -165,12 +165,22 @@ def _tensors(obj) -> Iterable[torch.Tensor]:
 
 
 def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Summed bytes of every leaf module's outputs for one forward pass of `x` (no grad kept)."""
+    """Summed bytes of every leaf module's outputs for one forward pass of `x` (no grad kept).
+
+    Outputs that share storage with one already counted (in-place ReLU, Identity, eval Dropout)
+    count once; outputs are kept alive during the pass so that freed memory reused by a later
+    tensor is not mistaken for sharing.
+    """
     total = 0
+    keep: dict[int, torch.Tensor] = {}
 
     def hook(_m, _inp, out):
         nonlocal total
         for t in _tensors(out):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in keep:
+                continue
+            keep[ptr] = t
             total += t.numel() * t.element_size()
 
     leaves = [m for m in model.modules() if not list(m.children())]
@@ -184,6 +194,7 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
         for h in handles:
             h.remove()
         model.train(was_training)
+        keep.clear()
     return total
 
 
