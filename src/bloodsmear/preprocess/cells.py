@@ -233,13 +233,13 @@ def crop_dataset_cells(
         if not Path(im.path).is_file():
             msg = f"{im.path}: image file missing ({len(pending)} annotated cell(s) not cropped)"
             summary.failed_images.append(msg)
-            log.warning(msg)
+            log.debug(msg)
             continue
         try:
             rgb = read_image(im.path)
         except BloodsmearError as e:
             summary.failed_images.append(str(e))
-            log.warning("skipped %s", e)
+            log.debug("skipped %s", e)
             continue
         for k, cell, dest in pending:
             try:

@@ -86,7 +86,7 @@ def crop_pbc_folder(
             write_image_atomic(dest, out, quality=quality)
         except BloodsmearError as e:
             summary.failed.append(str(e))
-            log.warning("skipped %s", e)
+            log.debug("skipped %s", e)
             continue
         summary.written += 1
         summary.not_found += int(not res.found)
