@@ -35,7 +35,7 @@ from bloodsmear.inference.stages import (
 )
 from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
 from bloodsmear.settings import ZOO_DIR
-from bloodsmear.types import Cell, SlideResult, polygon_box
+from bloodsmear.types import Cell, SlideResult
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class PipelineConfig:
     crop_padding: float | None = None  # box crops only: None = the crop function's default
     detection_threshold: float | None = None  # None: the segmenter's own threshold
     tile_size: int = 1024  # working-scale images larger than this are segmented in overlapping tiles
-    tile_overlap: int = 256  # >= the largest WBC diameter at working scale
+    tile_overlap: int = 256  # >= the largest WBC diameter at working scale (each cell whole in one tile)
     scale_max_side: int = 1024  # red cells are measured on a copy at most this large (also the resize source)
     name: str = ""
     base_dir: str | None = field(default=None, repr=False)  # relative model paths resolve from here
@@ -117,8 +117,8 @@ class PipelineConfig:
         if not 0.0 <= float(self.review_threshold) <= 1.0:
             raise InputError(where, f"review_threshold must be in [0, 1], not {self.review_threshold}")
         parse_scale(self.scale, where)
-        if self.tile_overlap * 2 >= self.tile_size:
-            raise InputError(where, "tile_overlap must be less than half of tile_size")
+        if not 0 <= self.tile_overlap < self.tile_size:
+            raise InputError(where, "tile_overlap must be >= 0 and smaller than tile_size")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -203,19 +203,11 @@ class Pipeline:
         return float(np.clip(target / d, *FACTOR_RANGE)), float(d), "estimated"
 
     def segment(self, work: np.ndarray) -> list[Cell]:
-        """Instances at working scale; overlapping tiles when the image is larger than `tile_size`."""
-        h, w = work.shape[:2]
-        size, ov = self.config.tile_size, self.config.tile_overlap
-        if max(h, w) <= size:
-            return list(self.segmenter.predict(work))
-        cells: list[Cell] = []
-        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tile_grid(h, w, size, ov):
-            for c in self.segmenter.predict(work[y0:y1, x0:x1]):
-                bx1, by1, bx2, by2 = c.box if c.box is not None else polygon_box(c.polygon)
-                cx, cy = x0 + (bx1 + bx2) / 2, y0 + (by1 + by2) / 2
-                if cx0 <= cx < cx1 and cy0 <= cy < cy1:  # each cell is kept by the one tile owning its centre
-                    cells.append(_shift(c, x0, y0))
-        return cells
+        """Instances at working scale; overlapping tiles (merged) when the image is larger than `tile_size`."""
+        from bloodsmear.preprocess.tiling import predict_tiled
+
+        return predict_tiled(self.segmenter.predict, work, size=self.config.tile_size,
+                             overlap=self.config.tile_overlap)
 
     def classify(self, rgb: np.ndarray, cells: list[Cell], rbc_px: float | None = None) -> None:
         """Fill label, score and the stage attributes of every cell (crops from `rgb`, original pixels;
@@ -296,44 +288,16 @@ def resize_by(rgb: np.ndarray, factor: float) -> np.ndarray:
     return resize_to_scale(rgb, factor)
 
 
-Span = tuple[int, int, int, int]  # y0, y1, x0, x1
-
-
-def tile_grid(h: int, w: int, size: int, overlap: int) -> list[tuple[Span, Span]]:
-    """Overlapping tiles ((y0, y1, x0, x1), owned core (y0, y1, x0, x1)): the cores partition the image,
-    each core lies at least `overlap // 2` inside its tile except at the image border."""
-
-    def axis(n: int) -> list[tuple[int, int, int, int]]:
-        if n <= size:
-            return [(0, n, 0, n)]
-        step = size - overlap
-        starts = list(range(0, n - size, step)) + [n - size]
-        out = []
-        for i, s in enumerate(starts):
-            lo = 0 if i == 0 else (s + starts[i - 1] + size) // 2  # middle of the overlap with the previous
-            hi = n if i == len(starts) - 1 else (starts[i + 1] + s + size) // 2
-            out.append((s, s + size, lo, hi))
-        return out
-
-    return [((ty0, ty1, tx0, tx1), (cy0, cy1, cx0, cx1))
-            for ty0, ty1, cy0, cy1 in axis(h) for tx0, tx1, cx0, cx1 in axis(w)]
-
-
-def _shift(c: Cell, dx: float, dy: float) -> Cell:
-    poly = None if c.polygon is None else c.polygon + np.array([dx, dy])
-    box = None if c.box is None else (c.box[0] + dx, c.box[1] + dy, c.box[2] + dx, c.box[3] + dy)
-    return Cell(label=c.label, polygon=poly, box=box, mask=c.mask, score=c.score, attributes=dict(c.attributes))
-
-
 def _to_original(c: Cell, fx: float, fy: float, w: int, h: int) -> Cell:
-    """A working-scale cell in original pixels (polygon and box divided by the factors, clipped);
-    the working-scale mask is dropped (the polygon is the outline in original pixels)."""
-    if c.polygon is not None and len(c.polygon) >= 3:
-        poly = c.polygon / np.array([fx, fy])
-    else:  # a box-only detection: its rectangle as the outline
+    """A working-scale cell in original pixels (`preprocess.tiling.cell_to_original`: polygon, box and
+    mask), labelled "wbc" with its detection score; a box-only detection gets its rectangle as outline."""
+    from bloodsmear.preprocess.tiling import cell_to_original
+
+    if c.polygon is None or len(c.polygon) < 3:
         x1, y1, x2, y2 = c.box  # type: ignore[misc]
-        poly = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=float) / np.array([fx, fy])
-    poly[:, 0] = np.clip(poly[:, 0], 0, w - 1)
-    poly[:, 1] = np.clip(poly[:, 1], 0, h - 1)
+        c = Cell(label=c.label, polygon=np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=float), box=c.box,
+                 mask=c.mask, score=c.score, attributes=c.attributes)
+    o = cell_to_original(c, fx, fy, w, h)
     det = float(c.score) if c.score is not None else 1.0
-    return Cell(label="wbc", polygon=poly, score=det, attributes={**c.attributes, "detection_score": det})
+    return Cell(label="wbc", polygon=o.polygon, box=o.box, mask=o.mask, score=det,
+                attributes={**c.attributes, "detection_score": det})
