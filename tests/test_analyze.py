@@ -39,7 +39,9 @@ def _add_bad_images(root):
 
 def test_analyze_writes_every_output_named_by_relative_path(smears, tmp_path):
     out = tmp_path / "out"
-    s = analyze([smears], out, make_pipeline(), scale=20, progress=False)
+    pipe = make_pipeline()
+    s = analyze([smears], out, pipe, scale=20, progress=False, workers=1)
+    assert pipe.screening.calls == [5]  # the cells of all 4 images classified in one batch
     assert (s.n_images, s.n_analysed, s.n_skipped, s.n_cells) == (4, 4, 0, 5)
     assert s.counts == {"lymphocyte": 3, "neutrophil": 2}
     doc = json.loads((out / "results.json").read_text())
@@ -70,17 +72,17 @@ def test_bad_images_are_reported_and_skipped(smears, tmp_path, caplog):
 def test_resume_after_a_kill_finishes_only_the_missing_images(smears, tmp_path, monkeypatch):
     out = tmp_path / "out"
     pipe = make_pipeline()
-    real_run, calls = pipe.run, []
+    real_detect, calls = pipe.detect, []
 
-    def dying_run(rgb, name, **kw):
+    def dying_detect(rgb, **kw):
         if len(calls) == 2:
             raise KeyboardInterrupt  # the kill, mid-run
-        calls.append(name)
-        return real_run(rgb, name, **kw)
+        calls.append(kw["name"])
+        return real_detect(rgb, **kw)
 
-    monkeypatch.setattr(pipe, "run", dying_run)
+    monkeypatch.setattr(pipe, "detect", dying_detect)
     with pytest.raises(KeyboardInterrupt):
-        analyze([smears], out, pipe, scale=20, progress=False)
+        analyze([smears], out, pipe, scale=20, progress=False, workers=1, batch_images=2)
     assert not (out / "results.json").exists()
     done = sorted(p.relative_to(out / "_per_image").as_posix() for p in (out / "_per_image").rglob("*.json"))
     assert done == ["a.png.json", "d.bmp.json"]
@@ -90,8 +92,8 @@ def test_resume_after_a_kill_finishes_only_the_missing_images(smears, tmp_path, 
     tmp_file.write_text('{"filename": "sub/b.j')
     seen = []
     pipe2 = make_pipeline()
-    real2 = pipe2.run
-    monkeypatch.setattr(pipe2, "run", lambda rgb, name, **kw: seen.append(name) or real2(rgb, name, **kw))
+    real2 = pipe2.detect
+    monkeypatch.setattr(pipe2, "detect", lambda rgb, **kw: seen.append(kw["name"]) or real2(rgb, **kw))
     s = analyze([smears], out, pipe2, scale=20, progress=False)
     assert sorted(seen) == ["sub/b.jpg", "sub/deeper/c.tif"]
     assert (s.n_resumed, s.n_analysed, s.n_cells) == (2, 2, 5)
@@ -209,3 +211,10 @@ def test_evaluate_a_segmenter_folder_alone(tmp_path):
     rep = evaluate_pipeline(Dataset("toy", tmp_path, [gt]), segmenter=str(folder), scale=20)
     assert rep["pipeline"]["segmenter_kind"] == "fake-discs" and rep["split"] == "all"
     assert rep["figures"]["wbc_box_ap50"] == pytest.approx(1.0) and "class_macro_f1" not in rep["figures"]
+
+
+def test_batches_of_large_images_are_split_by_pixels(smears, tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "GROUP_PIXELS", 2 * 400 * 300)
+    pipe = make_pipeline()
+    s = analyze([smears], tmp_path / "out", pipe, scale=20, progress=False, workers=1)
+    assert s.n_analysed == 4 and pipe.screening.calls == [1, 4]  # (a, d): 1 cell, then (b, c): 4 cells

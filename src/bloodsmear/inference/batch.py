@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.io import list_images, read_image, write_json_atomic, write_text_atomic
 from bloodsmear.outputs.coco import write_coco_results
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 
 PER_IMAGE_DIR = "_per_image"
 OVERLAY_DIR = "overlays"
+BATCH_IMAGES = 8  # images per worker batch: their cells go through the classifier in one call
+GROUP_PIXELS = 16_000_000  # ... with at most this many decoded pixels (one 12 MP photo at a time)
 VALIDATE_SAMPLE = 20  # per-image records checked against the JSON Schema when results.json is rebuilt
 AGGREGATES = ("results.json", "coco.json", "annotations.xml", "counts.csv")
 
@@ -146,19 +150,63 @@ def _is_done(out_dir: Path, job: ImageJob, overlays: bool) -> bool:
     return record_path(out_dir, job.name).is_file() and (not overlays or overlay_path(out_dir, job.name).is_file())
 
 
-def _analyse_one(job: ImageJob, out_dir: Path, pipeline, scale, overlays: bool) -> str | None:
-    """Read, analyse and write one image; the reason it was skipped, or None when done."""
+def _analyse_group(jobs: Sequence[ImageJob], out_dir: Path, pipeline, scale, overlays: bool
+                   ) -> list[tuple[ImageJob, str | None]]:
+    """Read, analyse (cells of the group classified in one batch) and write a group of images; for each
+    image the reason it was skipped, or None when done. Decoded pixels per batch stay below
+    `GROUP_PIXELS` (a group of large photos is split)."""
+    out: list[tuple[ImageJob, str | None]] = []
+    ready: list[tuple[ImageJob, np.ndarray]] = []
+    pixels = 0
+
+    def flush() -> None:
+        if ready:
+            out.extend(_analyse_ready(ready, out_dir, pipeline, scale, overlays))
+            ready.clear()
+
+    for job in jobs:
+        try:
+            rgb = read_image(job.path)
+        except Exception as e:  # noqa: BLE001 - one bad image never stops the run
+            out.append((job, _reason(job, e)))
+            continue
+        if ready and pixels + rgb.shape[0] * rgb.shape[1] > GROUP_PIXELS:
+            flush()
+            pixels = 0
+        ready.append((job, rgb))
+        pixels += rgb.shape[0] * rgb.shape[1]
+    flush()
+    return out
+
+
+def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipeline, scale, overlays: bool
+                   ) -> list[tuple[ImageJob, str | None]]:
+    out: list[tuple[ImageJob, str | None]] = []
+    todo: list[tuple[ImageJob, np.ndarray, SlideResult]] = []
+    for job, rgb in ready:  # detection per image: a bad image is skipped alone
+        try:
+            todo.append((job, rgb, pipeline.detect(rgb, scale=scale, name=job.name, path=job.path)))
+        except Exception as e:  # noqa: BLE001
+            out.append((job, _reason(job, e)))
     try:
-        rgb = read_image(job.path)
-        result = pipeline.run(rgb, job.name, scale=scale, path=job.path)
-    except Exception as e:  # noqa: BLE001 - one bad image never stops the run
-        if not isinstance(e, BloodsmearError):
-            log.debug("analysis of %s failed", job.path, exc_info=True)
-        return getattr(e, "problem", None) or f"analysis failed ({e.__class__.__name__}: {e})"
-    if overlays:  # the overlay first: the per-image record marks the image done
-        write_overlay(overlay_path(out_dir, result.name), rgb, result)
-    write_json_atomic(record_path(out_dir, result.name), image_record(result), indent=None)
-    return None
+        t0 = time.perf_counter()
+        pipeline.classify_many([(rgb, r.cells, r.rbc_diameter_px) for _, rgb, r in todo])
+        share = (time.perf_counter() - t0) / max(1, len(todo))
+    except Exception as e:  # noqa: BLE001
+        return out + [(job, _reason(job, e)) for job, _, _ in todo]
+    for job, rgb, result in todo:
+        result.timings["classify"] = share
+        if overlays:  # the overlay first: the per-image record marks the image done
+            write_overlay(overlay_path(out_dir, result.name), rgb, result)
+        write_json_atomic(record_path(out_dir, result.name), image_record(result), indent=None)
+        out.append((job, None))
+    return out
+
+
+def _reason(job: ImageJob, e: Exception) -> str:
+    if not isinstance(e, BloodsmearError):
+        log.debug("analysis of %s failed", job.path, exc_info=True)
+    return getattr(e, "problem", None) or f"analysis failed ({e.__class__.__name__}: {e})"
 
 
 def default_workers() -> int:
@@ -183,9 +231,11 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scale: str | float | None = None,
-            overlays: bool = True, progress: bool = True, workers: int | None = None) -> BatchSummary:
-    """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`,
-    `workers` images at a time (default: `default_workers()`)."""
+            overlays: bool = True, progress: bool = True, workers: int | None = None,
+            batch_images: int = BATCH_IMAGES) -> BatchSummary:
+    """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`:
+    `workers` threads (default: `default_workers()`), each taking `batch_images` images at a time
+    (their cells classified in one batch)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -202,31 +252,32 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     if summary.n_resumed:
         log.info("resuming: %d of %d image(s) already done in %s", summary.n_resumed, len(jobs), out_dir)
     workers = max(1, int(workers or default_workers()))
-    threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(todo))))
+    batch_images = max(1, int(batch_images))
+    groups = [todo[i:i + batch_images] for i in range(0, len(todo), batch_images)]
+    threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(groups))))
     bar = tqdm(total=len(todo), unit="img", desc="analyze", disable=not progress or None)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="analyze")
     try:
         with _torch_threads(threads), logging_redirect_tqdm():
-            queue = iter(todo)
-            running: dict[Future, ImageJob] = {}
+            queue = iter(groups)
+            running: set[Future] = set()
             while True:
-                while len(running) < 2 * workers:  # bounded: at most 2 decoded images per worker
-                    job = next(queue, None)
-                    if job is None:
+                while len(running) < workers:  # bounded: one group of decoded images per worker
+                    group = next(queue, None)
+                    if group is None:
                         break
-                    running[pool.submit(_analyse_one, job, out_dir, pipeline, scale, overlays)] = job
+                    running.add(pool.submit(_analyse_group, group, out_dir, pipeline, scale, overlays))
                 if not running:
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, running = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    job = running.pop(fut)
-                    reason = fut.result()  # a writer error or an interrupt is raised here
-                    if reason is None:
-                        summary.n_analysed += 1
-                    else:
-                        log.warning("skipped %s: %s", job.path, reason)
-                        summary.skipped.append((str(job.path), reason))
-                    bar.update(1)
+                    for job, reason in fut.result():  # a writer error or an interrupt is raised here
+                        if reason is None:
+                            summary.n_analysed += 1
+                        else:
+                            log.warning("skipped %s: %s", job.path, reason)
+                            summary.skipped.append((str(job.path), reason))
+                        bar.update(1)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()

@@ -212,6 +212,12 @@ class Pipeline:
     def classify(self, rgb: np.ndarray, cells: list[Cell], rbc_px: float | None = None) -> None:
         """Fill label, score and the stage attributes of every cell (crops from `rgb`, original pixels;
         `rbc_px`: the red-cell diameter there, for PBC-framed crops)."""
+        self.classify_many([(rgb, cells, rbc_px)])
+
+    def classify_many(self, items: Sequence[tuple[np.ndarray, list[Cell], float | None]]) -> None:
+        """`classify` for several images at once: the crops of all their cells go through each
+        classifier in one batch (a field holds few WBCs; one call per field wastes the batch)."""
+        cells = [c for _, cs, _ in items for c in cs]
         if not cells:
             return
         if isinstance(self.screening, WbcOnly):  # segmenter-only: no crops, the detection score stands
@@ -219,12 +225,13 @@ class Pipeline:
                 c.attributes.update(screening_label="wbc", screening_score=c.score, refined_label=None,
                                     refined_score=None, review=False)
             return
-        crops = crop_cells(rgb, cells, padding=self.config.crop_padding, rbc_px=rbc_px,
-                           frame_rbc=self.config.crop_frame_rbc)
+        crops = [crop for rgb, cs, rbc_px in items
+                 for crop in crop_cells(rgb, cs, padding=self.config.crop_padding, rbc_px=rbc_px,
+                                        frame_rbc=self.config.crop_frame_rbc)]
         probs = np.asarray(self.screening.predict_proba(crops), dtype=float)
-        s_idx = probs.argmax(axis=1)
         s_cls = list(self.screening.classes)
-        for c, k, p in zip(cells, s_idx, probs):
+        for c, p in zip(cells, probs):
+            k = int(p.argmax())
             c.attributes.update(screening_label=s_cls[k], screening_score=float(p[k]),
                                 refined_label=None, refined_score=None)
             c.label, c.score = s_cls[k], float(p[k])
@@ -269,11 +276,18 @@ class Pipeline:
     def run(self, rgb: np.ndarray, name: str = "image", *, scale: str | float | None = None,
             path: Path | None = None) -> SlideResult:
         """Analyse one RGB uint8 image (not modified). `scale` overrides the config's scale."""
-        result = self.detect(rgb, scale=scale, name=name, path=path)
+        return self.run_many([(rgb, name, path)], scale=scale)[0]
+
+    def run_many(self, images: Sequence[tuple[np.ndarray, str, Path | None]], *,
+                 scale: str | float | None = None) -> list[SlideResult]:
+        """`run` on several (rgb, name, path) images, their cells classified in one batch."""
+        results = [self.detect(rgb, scale=scale, name=name, path=path) for rgb, name, path in images]
         t0 = time.perf_counter()
-        self.classify(rgb, result.cells, result.rbc_diameter_px)
-        result.timings["classify"] = time.perf_counter() - t0
-        return result
+        self.classify_many([(rgb, r.cells, r.rbc_diameter_px) for (rgb, _, _), r in zip(images, results)])
+        share = (time.perf_counter() - t0) / max(1, len(results))
+        for r in results:
+            r.timings["classify"] = share
+        return results
 
 
 # ---------------------------------------------------------------------- geometry helpers
