@@ -20,6 +20,8 @@ def adapt_cmd(
     crop_side: int = typer.Option(160, "--crop-side", help="--fields: square side (px) cut around the WBC."),
     source: Optional[Path] = typer.Option(None, "--source", help="Labelled class-per-folder source crops "
                                           "(default: the model's own training data under BLOODSMEAR_DATA)."),
+    max_per_class: Optional[int] = typer.Option(None, "--max-per-class",
+                                                help="Subsample the source to N training crops per class (CPU)."),
     epochs: int = typer.Option(15, "--epochs"),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(3e-4, "--lr"),
@@ -36,7 +38,7 @@ def adapt_cmd(
     try:
         res = adapt_model(model, target, out, fields=fields, crop_side=crop_side, source=source, epochs=epochs,
                           batch_size=batch_size, lr=lr, train_from=train_from, seed=seed, threads=threads,
-                          progress=progress)
+                          max_per_class=max_per_class, progress=progress)
     except BloodsmearError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e

@@ -73,7 +73,8 @@ def read_target(folder: str | Path, size: int, *, fields: bool = False, crop_sid
             if loc is None:
                 skipped.append(f"{rel}: no WBC found")
                 continue
-            crops.append(resize_square(crop_square(rgb, loc[0], loc[1], crop_side), size))
+            crops.append(fit_image(resize_square(crop_square(rgb, loc[0], loc[1], crop_side), size), size,
+                                   crop_fraction))
         else:
             crops.append(fit_image(rgb, size, crop_fraction))
         paths.append(rel)
@@ -84,35 +85,84 @@ def read_target(folder: str | Path, size: int, *, fields: bool = False, crop_sid
     return np.stack(crops), paths, skipped
 
 
-def source_data(info, folder: Path, source: str | Path | None = None):
-    """(train crops, train labels, test crops, test labels) of the model's own labelled source domain."""
+def _subsample_idx(idx: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    if not per_class:
+        return idx
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(idx[labels[idx] == c])[:per_class] for c in np.unique(labels[idx])]
+    return np.sort(np.concatenate(keep)) if keep else idx
+
+
+def _manifest_for(folder: Path, info) -> dict | None:
+    """The source split manifest recorded in a model folder (a plain one, or the source's in domain_splits)."""
+    import json
+
+    t = info.training or {}
+    ds = folder / "domain_splits.json"
+    if t.get("kind") == "domains" and ds.is_file():
+        return json.loads(ds.read_text())["domains"].get(t["run"]["train"][0])
+    sp = folder / "split.json"
+    if t.get("kind") != "domains" and sp.is_file():
+        d = json.loads(sp.read_text())
+        return d if "splits" in d else None
+    return None
+
+
+def source_data(info, folder: Path, source: str | Path | None = None, *, max_per_class: int | None = None,
+                seed: int = 0):
+    """(train crops, train labels, test crops, test labels) of the model's own labelled source domain.
+
+    The model's recorded split manifest decides train/test (so the source test images are ones it never
+    trained on); without one, a seeded 64-16-20 split. `max_per_class` subsamples both (test: half).
+    """
+    from bloodsmear.data.splits import SplitManifest
     from bloodsmear.settings import data_root
+    from bloodsmear.training.data import fit_image
     from bloodsmear.training.domain_data import DomainSpec, build_domain, split_domain
 
     t = info.training or {}
     classes = list(info.classes)
+    manifest = None
     if source is not None:
         spec = DomainSpec("folder", str(Path(source).resolve()), size=info.input_size)
-        scheme, seed = "64-16-20", 42
     elif t.get("kind") == "domains":
         key = t["run"]["train"][0]
         d = (t.get("domain_specs") or {}).get(key) or {"name": t["domains"][key]}
         spec = DomainSpec(**{**d, "size": info.input_size})
-        scheme, seed = t.get("scheme", "64-16-20"), int(t.get("split_seed", 42))
+        manifest = _manifest_for(folder, info)
     else:  # a classifier trained by `bloodsmear train` (TrainConfig): class-per-folder dataset
         d = t.get("data") or {}
         if not d.get("dataset"):
             raise InputError(folder, "the model records no training dataset; pass --source FOLDER")
         name = {"pbc": "pbc", "lisc": "lisc"}.get(d.get("format", ""), "folder")
-        spec = DomainSpec(name, d["dataset"], size=info.input_size, max_per_class=d.get("max_per_class"))
-        scheme, seed = d.get("scheme", "64-16-20"), int(d.get("split_seed", 42))
+        spec = DomainSpec(name, d["dataset"], size=info.input_size)
+        manifest = _manifest_for(folder, info)
     root = Path(spec.root) if Path(spec.root).is_absolute() else data_root() / (spec.root or spec.name)
-    if spec.name != "folder" and not root.exists():
+    if not root.exists():
         raise InputError(root, "the model's source data is not here; set BLOODSMEAR_DATA or pass --source FOLDER")
-    dom = build_domain(spec, classes)
-    parts, _m = split_domain(dom, scheme=scheme, seed=seed)
-    tr, te = parts["train"], parts["test"]
-    return dom.images[tr], dom.labels[tr], dom.images[te], dom.labels[te]
+    dom = build_domain(spec, classes, cache_dir=_cache_dir() if source is None else None)
+    if manifest is not None:
+        m = SplitManifest(**{k: v for k, v in manifest.items() if k in SplitManifest.__dataclass_fields__})
+        member = {s: set(m.paths(s)) for s in ("train", "test")}
+        tr = np.array([i for i, g in enumerate(dom.groups) if g in member["train"]], dtype=int)
+        te = np.array([i for i, g in enumerate(dom.groups) if g in member["test"]], dtype=int)
+    else:
+        parts, _m = split_domain(dom, scheme="64-16-20", seed=42)
+        tr, te = parts["train"], parts["test"]
+    if len(tr) == 0 or len(te) == 0:
+        raise InputError(root, "the model's split manifest matches none of the source images")
+    tr = _subsample_idx(tr, dom.labels, max_per_class, seed)
+    te = _subsample_idx(te, dom.labels, max_per_class // 2 if max_per_class else None, seed)
+    imgs = dom.images
+    if info.crop_fraction < 1.0:  # frame the crops as the model was trained (centre fraction)
+        imgs = np.stack([fit_image(im, info.input_size, info.crop_fraction) for im in imgs])
+    return imgs[tr], dom.labels[tr], imgs[te], dom.labels[te]
+
+
+def _cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "domains"
 
 
 def _mix(tail, maps: torch.Tensor, classes: list[str]) -> dict:
@@ -127,6 +177,7 @@ def _mix(tail, maps: torch.Tensor, classes: list[str]) -> dict:
 def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, fields: bool = False,
                 crop_side: int = 160, source: str | Path | None = None, epochs: int = 15, batch_size: int = 32,
                 lr: float = 3e-4, train_from: int = 17, views: int = 4, seed: int = 0, threads: int = 1,
+                max_per_class: int | None = None,
                 dann: dict | None = None, progress: bool = True) -> AdaptResult:
     from bloodsmear.io import write_json_atomic, write_text_atomic
     from bloodsmear.models.artifact import load_model, save_model
@@ -146,7 +197,7 @@ def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, f
     out.mkdir(parents=True, exist_ok=True)
     xt, tpaths, skipped = read_target(target, info.input_size, fields=fields, crop_side=crop_side,
                                       crop_fraction=info.crop_fraction)
-    xs, ys, xte, yte = source_data(info, loaded.path, source)
+    xs, ys, xte, yte = source_data(info, loaded.path, source, max_per_class=max_per_class, seed=seed)
     log.info("adapting %s: %d labelled source crops, %d unlabelled target crops (%d skipped)", loaded.path,
              len(ys), len(xt), len(skipped))
     tail = TailModel(model, train_from)
@@ -177,7 +228,7 @@ def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, f
     info.training = {"kind": "adapt", "adapted_from": str(loaded.path), "base_training": info.training,
                      "target_folder": str(Path(target).resolve()), "fields": fields, "crop_side": crop_side,
                      "n_target": len(xt), "epochs": epochs, "batch_size": bs, "lr": lr, "train_from": train_from,
-                     "views": views, "seed": seed, "dann": dann or {}}
+                     "views": views, "seed": seed, "max_per_class": max_per_class, "dann": dann or {}}
     metrics = {"test": after.to_dict(), "source_test_before": before.to_dict(), "target_mix_before": mix_before,
                "target_mix_after": mix_after, "train_seconds": round(secs, 1), "epochs_run": fr.epochs_run}
     save_model(model, out, info, history=fr.history, metrics=metrics)
