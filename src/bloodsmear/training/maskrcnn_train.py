@@ -176,12 +176,7 @@ def train_maskrcnn(config_path: str | Path) -> Path:
     torch.manual_seed(cfg.seed)
     t0 = time.time()
 
-    train_ims, rbc_px = bccd_split(cfg.data, cfg.train_split)
-    val_ims, _ = bccd_split(cfg.data, cfg.val_split)
-    if cfg.limit_fields:
-        train_ims, val_ims = train_ims[: cfg.limit_fields], val_ims[: cfg.limit_fields]
-    if cfg.val_limit:
-        val_ims = val_ims[: cfg.val_limit]
+    train_ims, val_ims, rbc_px = _splits(cfg)
     factor = cfg.rbc_diameter_px / rbc_px
     log.info("BCCD median RBC %.1f px -> working-scale factor %.3f; %d train, %d val fields",
              rbc_px, factor, len(train_ims), len(val_ims))
@@ -234,17 +229,46 @@ def train_maskrcnn(config_path: str | Path) -> Path:
             log.warning("stopping after epoch %d: past max_minutes=%s (resume to continue)", epoch, cfg.max_minutes)
             break
 
+    export = export_best(cfg, model, mcfg, history, best)
+    log.info("exported %s (best epoch %d) in %.1f min", export, best["epoch"], (time.time() - t0) / 60)
+    return export
+
+
+def _splits(cfg: MaskRCNNTrainConfig) -> tuple[list[AnnotatedImage], list[AnnotatedImage], float]:
+    train_ims, rbc_px = bccd_split(cfg.data, cfg.train_split)
+    val_ims, _ = bccd_split(cfg.data, cfg.val_split)
+    if cfg.limit_fields:
+        train_ims, val_ims = train_ims[: cfg.limit_fields], val_ims[: cfg.limit_fields]
+    if cfg.val_limit:
+        val_ims = val_ims[: cfg.val_limit]
+    return train_ims, val_ims, rbc_px
+
+
+def export_best(cfg: MaskRCNNTrainConfig, model=None, mcfg: MaskRCNNConfig | None = None,
+                history: list[dict] | None = None, best: dict | None = None) -> Path:
+    """Write the model folder from <out_dir>/best.pt (history and best epoch from the checkpoint when not
+    given): also what to run after stopping a training early."""
+    out = Path(cfg.out_dir)
+    if history is None or best is None:
+        ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        history, best = ck["history"], ck["best"]
+    if mcfg is None:
+        mcfg = MaskRCNNConfig.from_dict({**asdict(MaskRCNNConfig()), **cfg.model, "rbc_diameter_px": cfg.rbc_diameter_px})
+    if model is None:
+        model = build_maskrcnn(mcfg)
     model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
+    train_ims, val_ims, rbc_px = _splits(cfg)
     mcfg.trained_with = {
         "config": asdict(cfg), "data": "BCCD (VOC) official split", "train_split": cfg.train_split,
         "val_split": cfg.val_split, "n_train_fields": len(train_ims), "n_val_fields": len(val_ims),
-        "bccd_rbc_diameter_px": rbc_px, "scale_factor": factor,
+        "bccd_rbc_diameter_px": rbc_px, "scale_factor": cfg.rbc_diameter_px / rbc_px,
         "masks": MASK_RECIPES[cfg.masks].format(t=cfg.mask_b_minus_r), "best_epoch": best["epoch"],
         "epochs_run": len(history), "val": best.get("val", {}),
     }
     export = Path(cfg.export_dir) if cfg.export_dir else out / "model"
-    save_maskrcnn(model, mcfg, export, extra_files={"history.json": history})
-    log.info("exported %s (best epoch %d) in %.1f min", export, best["epoch"], (time.time() - t0) / 60)
+    split = {"dataset": "bccd", "format": "voc", "official_split": True,
+             cfg.train_split: [im.path.stem for im in train_ims], cfg.val_split: [im.path.stem for im in val_ims]}
+    save_maskrcnn(model, mcfg, export, extra_files={"history.json": history, "split.json": split})
     return export
 
 
@@ -356,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("config")
+    x = sub.add_parser("export", help="write the model folder from best.pt of a stopped training")
+    x.add_argument("config")
+    x.add_argument("--to", default=None, help="model folder (default: the config's export_dir)")
     e = sub.add_parser("eval")
     e.add_argument("model")
     e.add_argument("--split", default="test")
@@ -375,6 +402,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging()
     if a.cmd == "train":
         emit_json({"model": str(train_maskrcnn(a.config))})
+    elif a.cmd == "export":
+        cfg = MaskRCNNTrainConfig.load(a.config)
+        if a.to:
+            cfg.export_dir = a.to
+        emit_json({"model": str(export_best(cfg))})
     elif a.cmd == "card":
         test = json.loads(Path(a.test_json).read_text()) if a.test_json else None
         notes = Path(a.notes).read_text() if a.notes else ""
