@@ -83,7 +83,7 @@ def test_gradcam_command(tiny_model, cells, tmp_path):
     d = _last_json(r.output)
     assert d["n_images"] == 10 and d["n_skipped"] == 1 and "broken.jpg" in d["skipped"][0]
     png = cv2.imread(d["images"][0]["out"])
-    assert png.shape[:2] == (32, 64)  # cell | heat map
+    assert png.shape[:2] == (224, 448)  # cell | heat map, at the display size
     assert all(r["class"] in CLASSES for r in d["images"])
 
 

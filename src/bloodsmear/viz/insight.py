@@ -337,10 +337,10 @@ def actmax_model(ref: str | Path, layer: str | None, filters: Sequence[int], out
 
 
 def gradcam_model(ref: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *, layer: str | None = None,
-                  target: str | None = None, batch_size: int = 16) -> dict:
+                  target: str | None = None, batch_size: int = 16, display_size: int = 224) -> dict:
     """Grad-CAM over single-cell images (files or folders): `<stem>_gradcam.png` per image (the cell |
-    the heat map over it), the predicted class and probability per image. Bad files are skipped and
-    counted."""
+    the heat map over it, at least `display_size` px), the predicted class and probability per image.
+    Bad files are skipped and counted."""
     from bloodsmear.io import list_images, read_image, write_image_atomic
     from bloodsmear.models.artifact import load_model
     from bloodsmear.training.data import fit_image, to_tensor
@@ -356,10 +356,12 @@ def gradcam_model(ref: str | Path, inputs: Sequence[str | Path], out_dir: str | 
     out_dir = Path(out_dir)
     rows, skipped = [], []
     for b in range(0, len(paths), batch_size):
-        imgs, ok = [], []
+        imgs, shown, ok = [], [], []
         for p in paths[b:b + batch_size]:
             try:
-                imgs.append(fit_image(read_image(p), info.input_size, info.crop_fraction))
+                rgb = read_image(p)
+                imgs.append(fit_image(rgb, info.input_size, info.crop_fraction))
+                shown.append(fit_image(rgb, max(info.input_size, display_size), info.crop_fraction))
                 ok.append(p)
             except Exception as e:  # noqa: BLE001 - InputError and decoder errors: report, go on
                 skipped.append(f"{p}: {e}")
@@ -368,7 +370,7 @@ def gradcam_model(ref: str | Path, inputs: Sequence[str | Path], out_dir: str | 
             continue
         x = to_tensor(np.stack(imgs), info.mean, info.std, channels_last=False)
         r = grad_cam(model, x, layer=layer, target=tgt)
-        for p, img, cam, cls, pr in zip(ok, imgs, r.maps, r.classes, r.probs):
+        for p, img, cam, cls, pr in zip(ok, shown, r.maps, r.classes, r.probs):
             dest = out_dir / f"{p.stem}_gradcam.png"
             write_image_atomic(dest, np.concatenate([img, overlay_heatmap(img, cam)], axis=1))
             rows.append({"image": str(p), "out": str(dest), "class": info.classes[cls],

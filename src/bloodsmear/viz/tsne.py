@@ -154,7 +154,7 @@ def tsne_model(ref: str | Path, dataset: str | Path, out: str | Path, *, n: int 
                for i in range(0, len(arr), batch_size))
     feats, _ = penultimate_features(lm.model, batches)
     tsne_plot(feats, y, out=out, class_names=names, perplexity=perplexity, seed=seed,
-              title=f"{lm.path.name}: penultimate features, {len(feats)} images of {Path(dataset).name}")
+              title=f"{info.name or lm.path.name}: penultimate features, {len(feats)} images of {Path(dataset).name}")
     return {"model": str(lm.path), "dataset": str(dataset), "out": str(out), "n_images": int(len(feats)),
             "feature_dim": int(feats.shape[1]), "n_skipped": len(bad), "skipped": bad,
             "per_class": {c: labels.count(c) for c in names}}
