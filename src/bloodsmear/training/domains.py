@@ -23,6 +23,7 @@ skipped).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -236,7 +237,14 @@ def figures(results: dict[str, dict], out: Path, names: dict[str, str], classes:
                 ys += [classes[i] for i in y[keep]]
                 ds += [names[key]] * len(keep)
             dest = out / "tsne" / f"{after}_{when}.png"
-            tsne_plot(np.concatenate(xs), ys, ds, dest, title=f"t-SNE of test features, {when} adaptation ({rid})")
+            feats = np.concatenate(xs)
+            key = hashlib.sha1(feats.tobytes() + json.dumps([ys, ds]).encode()).hexdigest()
+            stamp = dest.with_suffix(".sha1")
+            if dest.is_file() and not stamp.is_file():  # a plot from before stamps existed: keep it
+                stamp.write_text(key)
+            if not (dest.is_file() and stamp.is_file() and stamp.read_text() == key):  # t-SNE is slow on CPU
+                tsne_plot(feats, ys, ds, dest, title=f"t-SNE of test features, {when} adaptation ({rid})")
+                stamp.write_text(key)
             files.append(str(dest))
     return files
 
