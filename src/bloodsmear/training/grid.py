@@ -275,39 +275,15 @@ def prepare_dataset(ds: GridDataset, *, per_class: int | None, seed: int, cache:
 
 
 def export_cell_crops(dataset, dest: Path, *, margin: float = 0.15) -> dict[str, list[Path]]:
-    """Write every labelled WBC of a multi-cell dataset as a square-ish crop `dest/<class>/<stem>_<k>.jpg`.
+    """Every labelled WBC of a multi-cell dataset as a crop `dest/<class>/<stem>_<k>.jpg`
+    (`bloodsmear crop cells`: `preprocess.cells.crop_dataset_cells`); returns {class: [crop paths]}."""
+    from bloodsmear.io import list_images
+    from bloodsmear.preprocess.cells import crop_dataset_cells
 
-    A cell's class is its label, or for generic "wbc" boxes its subclass (BCCD's subtype CSV); cells
-    without a WBC class (rbc, platelet, unknown type) are left out. Returns {class: [crop paths]}.
-    """
-    from bloodsmear.classes import OTHER_KINDS
-
-    by_class: dict[str, list[Path]] = {}
-    for im in dataset.images:
-        cells = [(k, c, c.subclass if c.label == "wbc" else c.label) for k, c in enumerate(im.cells)]
-        cells = [(k, c, lab) for k, c, lab in cells if lab and lab not in OTHER_KINDS and c.box is not None]
-        if not cells:
-            continue
-        rgb = None
-        for k, c, lab in cells:
-            target = dest / lab / f"{im.path.stem}_{k}.jpg"
-            if not target.exists():
-                if rgb is None:
-                    try:
-                        rgb = read_image(im.path)
-                    except InputError as e:
-                        log.warning("%s (skipped)", e)
-                        break
-                h, w = rgb.shape[:2]
-                x1, y1, x2, y2 = c.box
-                m = margin * max(x2 - x1, y2 - y1)
-                xa, ya = max(0, int(x1 - m)), max(0, int(y1 - m))
-                xb, yb = min(w, int(round(x2 + m))), min(h, int(round(y2 + m)))
-                if xb - xa < 2 or yb - ya < 2:
-                    continue
-                write_image_atomic(target, rgb[ya:yb, xa:xb], quality=95)
-            by_class.setdefault(lab, []).append(target)
-    return by_class
+    s = crop_dataset_cells(dataset, dest, pad=margin, progress=False)
+    if s.skipped:
+        log.warning("%s: %d image(s)/cell(s) skipped while cropping cells", dataset.name, s.skipped)
+    return {d.name: list_images(d) for d in sorted(Path(dest).iterdir()) if d.is_dir()} if Path(dest).is_dir() else {}
 
 
 def _write_crop(src: Path, dest: Path, method: str) -> None:
@@ -322,7 +298,7 @@ def _write_crop(src: Path, dest: Path, method: str) -> None:
 # ---------------------------------------------------------------- running
 
 
-Runner = Callable[[GridConfig, GridRow, Path, Path], RowResult]
+Runner = Callable[..., RowResult]  # (cfg, row, data_dir, run_dir, *, restart: bool) -> RowResult
 
 
 def row_train_config(cfg: GridConfig, row: GridRow, data_dir: Path, run_dir: Path):
@@ -346,12 +322,12 @@ def row_train_config(cfg: GridConfig, row: GridRow, data_dir: Path, run_dir: Pat
     return TrainConfig.from_dict(merge(base, cfg.train), source=f"grid {cfg.name}, row {row.id}")
 
 
-def train_row(cfg: GridConfig, row: GridRow, data_dir: Path, run_dir: Path) -> RowResult:
+def train_row(cfg: GridConfig, row: GridRow, data_dir: Path, run_dir: Path, *, restart: bool = False) -> RowResult:
     """Train and test one row with the one training engine (`bloodsmear.training.trainer.train`);
-    an interrupted row resumes from its checkpoint in `run_dir`."""
+    an interrupted row resumes from its checkpoint in `run_dir` unless `restart`."""
     from bloodsmear.training.trainer import train
 
-    tr = train(row_train_config(cfg, row, data_dir, run_dir), progress=False, write_card=False)
+    tr = train(row_train_config(cfg, row, data_dir, run_dir), restart=restart, progress=False, write_card=False)
     if tr.test is None:
         raise InputError(data_dir, "the split left no test images: raise per_class")
     n = json.loads((Path(run_dir) / "result.json").read_text())
@@ -389,6 +365,7 @@ def run_grid(
         rec = out / "rows" / f"{row.id}.json"
         if only and not any(o in row.id for o in only):
             continue
+        restart = rerun
         if rec.is_file() and not rerun:
             old = json.loads(rec.read_text())
             if old.get("settings_hash") == h:
@@ -396,6 +373,7 @@ def run_grid(
                 skipped.append(f"{row.id}: done before")
                 continue
             log.info("[%d/%d] %s: settings changed, run again", i, len(rows), row.id)
+            restart = True  # its checkpoint belongs to the old settings
         ds = next(d for d in cfg.datasets if d.name == row.dataset)
         try:
             if ds.name not in prepared:
@@ -404,7 +382,7 @@ def run_grid(
             data_dir, _ = prepared[ds.name]
             log.info("[%d/%d] %s: training", i, len(rows), row.id)
             t0 = time.perf_counter()
-            res = runner(cfg, row, data_dir, out / "runs" / row.id)
+            res = runner(cfg, row, data_dir, out / "runs" / row.id, restart=restart)
             if not res.train_time_s:
                 res.train_time_s = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - one failed row must not stop the grid
