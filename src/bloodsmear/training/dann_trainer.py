@@ -85,7 +85,15 @@ def train_dann(cfg: DannConfig, *, progress: bool = True) -> DannTrainResult:
 
 @register_train_kind("dann")
 def _train_dann_file(path, overrides: dict | None = None, *, restart: bool = False, progress: bool = True):
-    cfg = load_dann_config(path, overrides)
+    over = dict(overrides or {})  # `bloodsmear train` options: --epochs, --pretrained, --out-dir
+    train = {}
+    if "epochs" in over:
+        train["epochs"] = over.pop("epochs")
+    if "pretrained" in (over.get("model") or {}):
+        train["pretrained"] = over.pop("model")["pretrained"]
+    if train:
+        over["train"] = train
+    cfg = load_dann_config(path, over)
     if restart:
         import shutil
 

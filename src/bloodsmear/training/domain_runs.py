@@ -85,6 +85,7 @@ class MapSettings:
     views: int = 4  # per training crop: the crop itself + views-1 augmented copies
     augment: str = "paper_dann"
     aug_seed: int = 0
+    init_from: str | None = None  # start the backbone from a trained classifier folder (e.g. "pbc-mobilenetv2")
 
 
 def _maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSettings, cache_dir: Path,
@@ -143,6 +144,13 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     torch.manual_seed(rs.seed)
     model = build_classifier(ms.backbone, len(prep.classes), mode="finetune", pretrained=rs.pretrained,
                              hidden=rs.hidden, dropout=rs.dropout)
+    if ms.init_from:  # a trained classifier's backbone (its head is not reused: the classes may differ)
+        from bloodsmear.models.artifact import load_model
+
+        base = load_model(ms.init_from)
+        if base.info.backbone != ms.backbone:
+            raise ValueError(f"init_from {ms.init_from}: backbone {base.info.backbone}, not {ms.backbone}")
+        model.backbone.load_state_dict(base.model.backbone.state_dict())
     tail = TailModel(model, ms.train_from, freeze_bn=rs.freeze_bn)
     spec = model.backbone.spec
 
