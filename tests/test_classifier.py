@@ -265,6 +265,11 @@ def test_predict_proba_matches_model_and_any_crop_size(trained):
     assert p.shape == (3, 3) and np.allclose(p.sum(1), 1, atol=1e-4)
     q = CellClassifier(loaded, optimize=False).predict_proba(crops)
     assert np.allclose(p, q, atol=1e-4)  # BN folding does not change the result
+    many = [crops[i % 3] for i in range(75)]  # several chunks: the worker threads' path
+    clf = CellClassifier(loaded)
+    one, two = clf.predict_proba(many, workers=1), clf.predict_proba(many, workers=2, batch_size=50)
+    assert one.shape == (75, 3) and np.allclose(one, two, atol=1e-5)
+    assert np.allclose(two[:3], p, atol=1e-5)
 
 
 def test_evaluate_model_uses_own_split(trained):

@@ -43,6 +43,7 @@ class ModelConfig:
     mode: str = "finetune"  # finetune | frozen
     pretrained: bool = True
     weights: str | None = None  # explicit local weights file for the backbone
+    init_from: str | None = None  # a trained model folder (or shipped name) to start from: all weights
     hidden: int = 128  # the paper's Dense(128)
     dropout: float = 0.2
 

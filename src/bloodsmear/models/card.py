@@ -9,8 +9,19 @@ from datetime import datetime, timezone
 import torch
 
 
+def manifest_counts(manifest: dict) -> dict[str, dict[str, int]]:
+    """{split: {label: images}} from a split manifest dict."""
+    out: dict[str, dict[str, int]] = {}
+    for s, entries in manifest.get("splits", {}).items():
+        c: dict[str, int] = {}
+        for e in entries:
+            c[str(e.get("label"))] = c.get(str(e.get("label")), 0) + 1
+        out[s] = c
+    return out
+
+
 def render_card(info, metrics: dict, history: list[dict], data=None, *, command: str | None = None,
-                extra: str = "") -> str:
+                extra: str = "", counts: dict[str, dict[str, int]] | None = None) -> str:
     from bloodsmear.evaluation.metrics import ClassificationReport, report_markdown
 
     t = info.training or {}
@@ -30,9 +41,11 @@ def render_card(info, metrics: dict, history: list[dict], data=None, *, command:
              f"{'manifest ' + str(d.get('split')) if d.get('split') else d.get('scheme') + ' seed ' + str(d.get('split_seed'))}; "
              "the split manifest is `split.json` in this folder (paths relative to the dataset root).",
              f"- Images: train {metrics.get('n_train')}, val {metrics.get('n_val')}, test {metrics.get('n_test')}."]
-    if data is not None:
+    counts = data.counts() if data is not None else counts
+    if counts:
         lines.append("- Per class (train/val/test): " + "; ".join(
-            f"{c} {data.counts()['train'][c]}/{data.counts()['val'][c]}/{data.counts()['test'][c]}" for c in data.classes))
+            f"{c} {counts.get('train', {}).get(c, 0)}/{counts.get('val', {}).get(c, 0)}/{counts.get('test', {}).get(c, 0)}"
+            for c in info.classes))
     lines += ["", "## Training", "",
               f"- Optimiser {t.get('optim', {}).get('name')} lr {t.get('optim', {}).get('lr')} weight decay "
               f"{t.get('optim', {}).get('weight_decay')}, schedule {t.get('schedule', {}).get('name')}, batch "

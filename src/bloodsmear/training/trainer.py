@@ -211,6 +211,8 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
     model = build_classifier(cfg.model.backbone, len(data.classes), mode=cfg.model.mode,
                              pretrained=(cfg.model.weights or True) if cfg.model.pretrained else False,
                              hidden=cfg.model.hidden, dropout=cfg.model.dropout)
+    if cfg.model.init_from:
+        _init_from(model, cfg.model.init_from, data.classes)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     spec = model.backbone.spec
@@ -257,6 +259,19 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
     return TrainResult(out_dir=out, model_dir=model_dir, history=fr.history, val=val_rep, test=test_rep,
                        best_epoch=fr.best_epoch, epochs_run=fr.epochs_run, train_seconds=fr.train_seconds,
                        stopped=fr.stopped, model=model)
+
+
+def _init_from(model: torch.nn.Module, ref: str, classes: list[str]) -> None:
+    """Start from a trained model folder's weights (same backbone, classes and head)."""
+    from bloodsmear.errors import InputError
+    from bloodsmear.models.artifact import load_model
+
+    src = load_model(ref)
+    if list(src.info.classes) != list(classes) or src.info.backbone != model.backbone.spec.name:
+        raise InputError(str(src.path), f"init_from model has backbone {src.info.backbone} and classes {src.info.classes}; "
+                                        f"this run needs {model.backbone.spec.name} and {classes}")
+    model.load_state_dict(src.model.state_dict())
+    log.info("initialised all weights from %s", src.path)
 
 
 # "kind" of a config file -> runner(path, overrides, restart, progress) -> result with .to_dict()
