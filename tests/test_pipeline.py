@@ -166,3 +166,18 @@ def test_big_images_are_resized_via_the_small_copy_and_mapped_back():
     for (x, y), (cx, cy, r, _) in zip(got, discs):
         assert abs(x - cx) < 8 and abs(y - cy) < 8
     assert res.width == 2000 and max(c.polygon[:, 0].max() for c in res.cells) > 1650
+
+
+def test_refine_stage_can_use_its_own_crops():
+    class SizeClassifier(FixedClassifier):
+        def predict_proba(self, crops):
+            self.sizes = [c.shape[0] for c in crops]
+            return super().predict_proba(crops)
+
+    refine = SizeClassifier(["neutrophil", "band_cell"], "band_cell", 0.8)
+    cfg = PipelineConfig(crop_frame_rbc=None, refine_crop={"frame_rbc": 4.0})
+    res = Pipeline(DiscSegmenter(), ColourClassifier(), refine, cfg).run(make_field(800, 600, DISCS), "f", scale=20)
+    assert len(refine.sizes) == 1 and 195 <= refine.sizes[0] <= 210  # the neutrophil (r=50): 2 diameters > 4 RBCs
+    assert sorted(c.label for c in res.cells) == ["band_cell", "lymphocyte"]
+    with pytest.raises(InputError, match="refine_crop"):
+        PipelineConfig(refine_crop={"frame": 3}).validate()

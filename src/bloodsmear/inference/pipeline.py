@@ -78,6 +78,7 @@ class PipelineConfig:
     scale: str | float = "auto"  # "auto" or the typical red-cell diameter in pixels of the input images
     crop_frame_rbc: float | None = PBC_FRAME_RBC  # crop side in red-cell diameters (PBC framing); None: box crops
     crop_padding: float | None = None  # box crops only: None = the crop function's default
+    refine_crop: dict | None = None  # the refine stage's own crops {frame_rbc, padding}; None: the same crops
     detection_threshold: float | None = None  # None: the segmenter's own threshold
     tile_size: int = 1024  # working-scale images larger than this are segmented in overlapping tiles
     tile_overlap: int = 256  # >= the largest WBC diameter at working scale (each cell whole in one tile)
@@ -117,6 +118,9 @@ class PipelineConfig:
         if not 0.0 <= float(self.review_threshold) <= 1.0:
             raise InputError(where, f"review_threshold must be in [0, 1], not {self.review_threshold}")
         parse_scale(self.scale, where)
+        if self.refine_crop is not None and (not isinstance(self.refine_crop, dict)
+                                             or set(self.refine_crop) - {"frame_rbc", "padding"}):
+            raise InputError(where, f"refine_crop must map frame_rbc and/or padding, not {self.refine_crop!r}")
         if not 0 <= self.tile_overlap < self.tile_size:
             raise InputError(where, "tile_overlap must be >= 0 and smaller than tile_size")
 
@@ -225,9 +229,9 @@ class Pipeline:
                 c.attributes.update(screening_label="wbc", screening_score=c.score, refined_label=None,
                                     refined_score=None, review=False)
             return
+        cfg = self.config
         crops = [crop for rgb, cs, rbc_px in items
-                 for crop in crop_cells(rgb, cs, padding=self.config.crop_padding, rbc_px=rbc_px,
-                                        frame_rbc=self.config.crop_frame_rbc)]
+                 for crop in crop_cells(rgb, cs, padding=cfg.crop_padding, rbc_px=rbc_px, frame_rbc=cfg.crop_frame_rbc)]
         probs = np.asarray(self.screening.predict_proba(crops), dtype=float)
         s_cls = list(self.screening.classes)
         for c, p in zip(cells, probs):
@@ -237,7 +241,16 @@ class Pipeline:
             c.label, c.score = s_cls[k], float(p[k])
         todo = [i for i, c in enumerate(cells) if c.label in self.refine_classes]
         if todo and self.refine is not None:
-            rprobs = np.asarray(self.refine.predict_proba([crops[i] for i in todo]), dtype=float)
+            if cfg.refine_crop is not None:  # crops framed as the refine model was trained
+                rc = {"frame_rbc": None, "padding": None, **cfg.refine_crop}
+                keep = {id(cells[i]) for i in todo}
+                crops = [crop for rgb, cs, rbc_px in items for crop in crop_cells(
+                    rgb, [c for c in cs if id(c) in keep], padding=rc["padding"], rbc_px=rbc_px,
+                    frame_rbc=rc["frame_rbc"])]
+                todo_crops = crops
+            else:
+                todo_crops = [crops[i] for i in todo]
+            rprobs = np.asarray(self.refine.predict_proba(todo_crops), dtype=float)
             r_cls = list(self.refine.classes)
             for i, p in zip(todo, rprobs):
                 k = int(p.argmax())
