@@ -96,7 +96,8 @@ def _maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSetting
     idx = prep.splits[key][part]
     dom = prep.crops[key]
     views = ms.views if part == "train" else 1
-    h = hashlib.sha1(json.dumps([dom.paths[i] for i in idx] + [asdict(ms), stain, views, part,
+    msd = {k: v for k, v in asdict(ms).items() if not (k == "init_from" and v is None)}  # older caches stay valid
+    h = hashlib.sha1(json.dumps([dom.paths[i] for i in idx] + [msd, stain, views, part,
                                 (prep.stain.to_dict() if stain else None)], default=str).encode()).hexdigest()[:12]
     cache = cache_dir / f"maps_{dom.name}_{part}_{h}.pt"
     policy = PaperPolicy() if ms.augment == "paper_dann" else None
