@@ -181,3 +181,24 @@ def test_refine_stage_can_use_its_own_crops():
     assert sorted(c.label for c in res.cells) == ["band_cell", "lymphocyte"]
     with pytest.raises(InputError, match="refine_crop"):
         PipelineConfig(refine_crop={"frame": 3}).validate()
+
+
+def test_large_crops_of_big_photos_come_from_the_downscaled_copy(monkeypatch):
+    from bloodsmear.inference import stages
+
+    class Sizes(ColourClassifier):
+        def predict_proba(self, crops):
+            self.sizes = [c.shape[0] for c in crops]
+            return super().predict_proba(crops)
+
+    discs = [(500, 400, 150, "lymphocyte"), (1500, 1000, 200, "neutrophil")]
+    rgb = make_field(2000, 1500, discs)
+    cfg = PipelineConfig(scale_max_side=500, crop_frame_rbc=None, crop_padding=0.25)
+    full = Pipeline(DiscSegmenter(), Sizes(), None, cfg)
+    res_full = full.run(rgb, "big.jpg", scale=100.0)
+    monkeypatch.setattr(stages, "MIN_CROP_PX", 100)
+    small = Pipeline(DiscSegmenter(), Sizes(), None, cfg)
+    res_small = small.run(rgb, "big.jpg", scale=100.0)
+    assert [round(s / 4) for s in full.screening.sizes] == pytest.approx(small.screening.sizes, abs=2)  # 1/4 size
+    assert [c.label for c in res_full.cells] == [c.label for c in res_small.cells]
+    assert "crop_source" not in res_small.meta

@@ -33,6 +33,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from bloodsmear.errors import BloodsmearError, InputError
+from bloodsmear.inference.pipeline import CROP_SOURCE
 from bloodsmear.io import list_images, read_image, write_json_atomic, write_text_atomic
 from bloodsmear.outputs.coco import write_coco_results
 from bloodsmear.outputs.counts import write_counts_csv
@@ -190,7 +191,7 @@ def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipe
             out.append((job, _reason(job, e)))
     try:
         t0 = time.perf_counter()
-        pipeline.classify_many([(rgb, r.cells, r.rbc_diameter_px) for _, rgb, r in todo])
+        pipeline.classify_many([(r.meta.pop(CROP_SOURCE, rgb), r.cells, r.rbc_diameter_px) for _, rgb, r in todo])
         share = (time.perf_counter() - t0) / max(1, len(todo))
     except Exception as e:  # noqa: BLE001
         return out + [(job, _reason(job, e)) for job, _, _ in todo]

@@ -28,6 +28,7 @@ import numpy as np
 from bloodsmear.errors import InputError
 from bloodsmear.inference.stages import (
     PBC_FRAME_RBC,
+    CropSource,
     crop_cells,
     estimate_rbc_diameter_px,
     load_classifier,
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 #: Shipped pipeline configs: `bloodsmear/zoo/pipelines/<name>.yaml`.
 PIPELINES_DIR = ZOO_DIR / "pipelines"
 DEFAULT_PIPELINE = "default"
+CROP_SOURCE = "crop_source"  # SlideResult.meta key of the detect -> classify hand-over (removed by classify)
 MIN_SIDE = 16  # smaller images cannot hold a white cell
 FACTOR_RANGE = (1 / 64, 4.0)  # resize factors to the working scale are kept within this range
 
@@ -218,7 +220,7 @@ class Pipeline:
         `rbc_px`: the red-cell diameter there, for PBC-framed crops)."""
         self.classify_many([(rgb, cells, rbc_px)])
 
-    def classify_many(self, items: Sequence[tuple[np.ndarray, list[Cell], float | None]]) -> None:
+    def classify_many(self, items: Sequence[tuple[np.ndarray | CropSource, list[Cell], float | None]]) -> None:
         """`classify` for several images at once: the crops of all their cells go through each
         classifier in one batch (a field holds few WBCs; one call per field wastes the batch)."""
         cells = [c for _, cs, _ in items for c in cs]
@@ -276,15 +278,15 @@ class Pipeline:
         t["scale"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         work = resize_by(small, factor / f_small) if factor <= f_small else resize_by(rgb, factor)
-        del small
         fy, fx = work.shape[0] / h, work.shape[1] / w  # exact per-axis factors after rounding
         t["resize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         cells = [_to_original(c, fx, fy, w, h) for c in self.segment(work)
                  if (c.polygon is not None and len(c.polygon) >= 3) or c.box is not None]
         t["segment"] = time.perf_counter() - t0
+        crop_src = CropSource(rgb, small if f_small < 1.0 else None, f_small)  # large crops come from `small`
         return SlideResult(name=name, width=w, height=h, cells=cells, path=path, scale=factor,
-                           rbc_diameter_px=rbc_d, timings=t, meta={"scale_source": source})
+                           rbc_diameter_px=rbc_d, timings=t, meta={"scale_source": source, CROP_SOURCE: crop_src})
 
     def run(self, rgb: np.ndarray, name: str = "image", *, scale: str | float | None = None,
             path: Path | None = None) -> SlideResult:
@@ -296,7 +298,8 @@ class Pipeline:
         """`run` on several (rgb, name, path) images, their cells classified in one batch."""
         results = [self.detect(rgb, scale=scale, name=name, path=path) for rgb, name, path in images]
         t0 = time.perf_counter()
-        self.classify_many([(rgb, r.cells, r.rbc_diameter_px) for (rgb, _, _), r in zip(images, results)])
+        self.classify_many([(r.meta.pop(CROP_SOURCE, rgb), r.cells, r.rbc_diameter_px)
+                            for (rgb, _, _), r in zip(images, results)])
         share = (time.perf_counter() - t0) / max(1, len(results))
         for r in results:
             r.timings["classify"] = share

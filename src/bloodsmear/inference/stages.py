@@ -4,6 +4,7 @@ and the red-cell scale estimate."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -52,7 +53,21 @@ PBC_FRAME_RBC = 5.45
 FRAME_BOX_RANGE = (2.0, 4.0)
 
 
-def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], *, padding: float | None = None,
+#: Crops at least this large (px a side) at the downscaled copy's resolution are cut from that copy:
+#: classifiers take ~80-224 px inputs, so a 12 MP photo's crops need not come from full resolution.
+MIN_CROP_PX = 256
+
+
+@dataclass
+class CropSource:
+    """The original image and, optionally, a copy of it resized by `f` (< 1) to cut large crops from."""
+
+    full: np.ndarray
+    small: np.ndarray | None = None
+    f: float = 1.0
+
+
+def crop_cells(rgb: np.ndarray | CropSource, cells: Sequence[Cell], *, padding: float | None = None,
                rbc_px: float | None = None, frame_rbc: float | None = PBC_FRAME_RBC) -> list[np.ndarray]:
     """One square crop per cell from the original image (`preprocess.cells.crop_cell`; `rgb` is not
     modified; parts outside the field get the field's median colour).
@@ -60,25 +75,29 @@ def crop_cells(rgb: np.ndarray, cells: Sequence[Cell], *, padding: float | None 
     With `rbc_px` (red-cell diameter, original px) and `frame_rbc`, each crop is framed as a PBC image:
     `frame_rbc` red-cell diameters wide, centred on the cell, kept within `FRAME_BOX_RANGE` times the
     cell's longest box side, so a cell keeps its size relative to the red cells, as the classifier saw
-    in training. Otherwise the square is the cell's box plus `padding` (crop_cell's default) a side.
+    in training. Otherwise the square is the cell's box plus `padding` (default 0.15) a side.
+    With a `CropSource`, crops that stay >= `MIN_CROP_PX` wide on its downscaled copy are cut there.
     """
     from bloodsmear.preprocess.cells import background_color, cell_box, crop_cell
 
     if not cells:
         return []
-    fill = background_color(rgb)
+    src = rgb if isinstance(rgb, CropSource) else CropSource(rgb)
+    fill = background_color(src.small if src.small is not None else src.full)
     lo, hi = FRAME_BOX_RANGE
     out = []
     for c in cells:
+        x1, y1, x2, y2 = cell_box(c)
+        long_side = max(x2 - x1, y2 - y1, 1.0)
         if rbc_px and frame_rbc:
-            x1, y1, x2, y2 = cell_box(c)
-            long_side = max(x2 - x1, y2 - y1, 1.0)
-            side = float(np.clip(rbc_px * frame_rbc, lo * long_side, hi * long_side))
-            out.append(crop_cell(rgb, c, (side / long_side - 1.0) / 2.0, background=fill))
-        elif padding is not None:
-            out.append(crop_cell(rgb, c, padding, background=fill))
+            pad = (float(np.clip(rbc_px * frame_rbc, lo * long_side, hi * long_side)) / long_side - 1.0) / 2.0
         else:
-            out.append(crop_cell(rgb, c, background=fill))
+            pad = 0.15 if padding is None else padding
+        if src.small is not None and long_side * (1 + 2 * pad) * src.f >= MIN_CROP_PX:
+            f = src.f
+            out.append(crop_cell(src.small, Cell(c.label, box=(x1 * f, y1 * f, x2 * f, y2 * f)), pad, background=fill))
+        else:
+            out.append(crop_cell(src.full, c, pad, background=fill))
     return out
 
 
