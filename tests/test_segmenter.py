@@ -141,3 +141,12 @@ def test_quickly_fitted_net_segments_synthetic_wbcs():
     centres = [((c.box[0] + c.box[2]) / 2, (c.box[1] + c.box[3]) / 2) for c in cells]
     for x, y in test.wbc_centres:
         assert any(np.hypot(x - cx, y - cy) < 8 for cx, cy in centres), (centres, test.wbc_centres)
+
+
+def test_expanded_instances_grow_but_stay_apart():
+    fg, cen = _maps_for_discs(80, 120, [(40, 40, 20), (80, 40, 20)])
+    a = instances_from_maps(fg, cen)
+    b = instances_from_maps(fg, cen, expand_px=2)
+    assert b.max() == 2
+    assert (b > 0).sum() > (a > 0).sum()
+    assert ((b == 1) & (b == 2)).sum() == 0 and (b[a > 0] == a[a > 0]).all()

@@ -112,6 +112,7 @@ class FastSegConfig:
     score_threshold: float = 0.5  # instances with a lower mean foreground probability are dropped
     min_area_rbc: float = 0.35  # instances smaller than this many RBC disc areas are dropped
     polygon_epsilon: float = 0.6  # cv2.approxPolyDP tolerance, working-scale px
+    expand_px: float = 0.0  # instances grown by this many working-scale px into the background
     normalisation: dict = field(default_factory=lambda: {"type": "percentile", "low": 1.0, "high": 99.0,
                                                          "subsample": 4})
     training: dict = field(default_factory=dict)
@@ -138,12 +139,13 @@ def normalise(rgb: np.ndarray, norm: dict) -> np.ndarray:
 
 
 def instances_from_maps(fg: np.ndarray, center: np.ndarray, *, fg_threshold: float = 0.5,
-                        center_threshold: float = 0.45, min_area: float = 0.0) -> np.ndarray:
+                        center_threshold: float = 0.45, min_area: float = 0.0, expand_px: float = 0.0) -> np.ndarray:
     """Instance labels (int32, 0 = background) from a foreground probability and a centredness map.
 
     Markers are the connected components of (centre > center_threshold) inside the foreground; each
     foreground pixel joins a marker by a watershed on -centre. Foreground blobs without a marker form
-    one instance each; instances below `min_area` px are dropped. Inputs are not modified.
+    one instance each; instances below `min_area` px are dropped; the rest are grown by `expand_px`
+    into the background (never into each other). Inputs are not modified.
     """
     from skimage.segmentation import watershed
 
@@ -169,6 +171,10 @@ def instances_from_maps(fg: np.ndarray, center: np.ndarray, *, fg_threshold: flo
         small = small[small > 0]
         if len(small):
             lab[np.isin(lab, small)] = 0
+    if expand_px > 0 and lab.max() > 0:
+        from skimage.segmentation import expand_labels
+
+        lab = expand_labels(lab, expand_px).astype(np.int32)
     return _relabel(lab)
 
 
@@ -251,7 +257,7 @@ class FastSegmenter:
         fg, center = self.maps(np.asarray(rgb))
         rbc_area = np.pi / 4 * self.rbc_diameter_px ** 2
         lab = instances_from_maps(fg, center, fg_threshold=c.fg_threshold, center_threshold=c.center_threshold,
-                                  min_area=c.min_area_rbc * rbc_area)
+                                  min_area=c.min_area_rbc * rbc_area, expand_px=c.expand_px)
         return cells_from_labels(lab, fg, score_threshold=self.score_threshold, polygon_epsilon=c.polygon_epsilon)
 
     # -------------------------------------------------------------- folder I/O

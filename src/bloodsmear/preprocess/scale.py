@@ -122,7 +122,7 @@ def estimate_rbc_diameter(rgb: np.ndarray) -> ScaleEstimate:
     h, w = rgb.shape[:2]
     f0 = min(1.0, _PASS1_SIDE / max(h, w))
     x0 = _resize(rgb, f0)
-    d0, c0 = _peak_diameter(cell_mask(x0), 1.0, max(x0.shape[:2]) / 4)
+    d0, c0 = _peak_diameter(cell_mask(x0), 1.0, max(x0.shape[:2]) / 4, n=20)
     if not np.isfinite(d0):
         return ScaleEstimate(float("nan"), 0.0)
     d0 /= f0
@@ -130,7 +130,7 @@ def estimate_rbc_diameter(rgb: np.ndarray) -> ScaleEstimate:
     f1 = min(_PASS2_RBC_PX / d0, max(1.0, min(2.0, 1024 / max(h, w))))
     x1 = _resize(rgb, f1)
     d_exp = d0 * f1  # expected diameter in the pass-2 image
-    d1, c1 = _peak_diameter(cell_mask(x1), max(1.0, d_exp / 8), d_exp * 1.25)
+    d1, c1 = _peak_diameter(cell_mask(x1), max(1.0, d_exp / 8), d_exp * 1.25, n=22)
     if not np.isfinite(d1):
         return ScaleEstimate(float(d0), c0)
     return ScaleEstimate(float(d1 / f1), c1)

@@ -303,3 +303,14 @@ def build_field_dataset(data_root: str | Path, split: str, cfg: FieldDataConfig 
             fields.extend(got)
             all_stats.append(st)
     return fields, all_stats
+
+
+def save_split_manifests(data_root: str | Path, folder: str | Path) -> list[Path]:
+    """Write the LISC and PBC split manifests the fields were built from (BCCD: its official split)."""
+    from bloodsmear.data.splits import save_manifest
+
+    out = []
+    for name, fmt in (("lisc", "lisc"), ("pbc-original-sample", "pbc")):
+        _, m = manifest_images(Path(data_root), name, fmt, "train")
+        out.append(save_manifest(m, Path(folder) / f"split_{name}.json"))
+    return out

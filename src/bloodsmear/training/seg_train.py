@@ -44,6 +44,7 @@ class SegTrainConfig:
     scale_max: float = 1.7
     source_weights: dict = field(default_factory=lambda: {"bccd": 1.0, "lisc": 1.0, "composite": 1.0})
     val_every: int = 250
+    val_per_source: int | None = None  # validate on at most this many fields per source (speed)
     ckpt_every: int = 100
     seed: int = 0
 
@@ -205,6 +206,17 @@ def validate(seg: FastSegmenter, fields: list[SegField], store_rbc: float) -> di
 # ------------------------------------------------------------------ the loop
 
 
+def cap_per_source(fields: list[SegField], n: int) -> list[SegField]:
+    """The first `n` fields of each source, in order."""
+    seen: dict[str, int] = {}
+    out = []
+    for fl in fields:
+        if seen.get(fl.source, 0) < n:
+            seen[fl.source] = seen.get(fl.source, 0) + 1
+            out.append(fl)
+    return out
+
+
 def lr_at(it: int, cfg: SegTrainConfig) -> float:
     """Linear warm-up (3 %) then cosine decay to 2 % of `lr` at `max_iters` (stateless: resume-safe)."""
     warm = max(1, int(0.03 * cfg.max_iters))
@@ -228,6 +240,8 @@ def train_segmenter(config_path: str | Path | SegTrainConfig, *, out_dir: str | 
     dcfg = FieldDataConfig(**{**cfg.data, **({"sources": tuple(cfg.data["sources"])} if "sources" in cfg.data else {})})
     train_f, train_stats = build_field_dataset(root, "train", dcfg)
     val_f, val_stats = build_field_dataset(root, "val", dcfg)
+    if cfg.val_per_source:
+        val_f = cap_per_source(val_f, cfg.val_per_source)
     by_src: dict[str, list[SegField]] = {}
     for fl in train_f:
         by_src.setdefault(fl.source, []).append(fl)
