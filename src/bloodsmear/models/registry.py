@@ -103,7 +103,7 @@ def _timm(name: str, dim: int, size: int, *, inception: bool = False, paper: boo
 _timm("inception_v3", 2048, 299, inception=True, desc="InceptionV3")
 _timm("inception_resnet_v2", 1536, 299, inception=True, desc="InceptionResNetV2 (paper's best)")
 _timm("nasnetalarge", 4032, 331, inception=True, desc="NASNetLarge")
-_timm("vgg16", 4096, 224, desc="VGG16 (timm pre-logits features)")
+_timm("vgg16", 512, 224, desc="VGG16 conv base + GAP (as Keras include_top=False), 14.7M params")
 _timm("xception", 2048, 299, inception=True, desc="Xception (timm legacy_xception)")
 _timm("resnet101", 2048, 224, desc="ResNet101")
 _timm("vit_base_patch16_224", 768, 224, inception=True, desc="ViT-B/16")
@@ -137,6 +137,10 @@ def _build_body(spec: BackboneSpec) -> tuple[nn.Module, str]:
 
     tname = _TIMM_ALIASES.get(spec.name, spec.name)
     body = timm.create_model(tname, pretrained=False, num_classes=0)
+    if spec.name == "vgg16":
+        # timm keeps fc6/fc7 as convs ("pre_logits", 120M params); the paper's Keras VGG16 has no top:
+        # conv base -> global average pooling over 512 channels.
+        body.pre_logits = nn.Identity()
     return body, ("timm_vit" if spec.name.startswith("vit") else "timm")
 
 
