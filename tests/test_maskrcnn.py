@@ -207,3 +207,27 @@ def test_evaluate_engine_reports_on_working_scale_fields():
     wbc = rep.per_class["wbc"]
     assert wbc.tp + wbc.fn == 2
     assert model.roi_heads.score_thresh == 0.7  # restored after the low-threshold evaluation pass
+
+
+def test_card_renders_from_model_folder(tmp_path):
+    from bloodsmear.training.maskrcnn_train import render_card
+
+    cfg = tiny_cfg(trained_with={"data": "BCCD", "best_epoch": 0, "epochs_run": 1})
+    folder = save_maskrcnn(build_maskrcnn(cfg), cfg, tmp_path / "m", extra_files={"history.json": [
+        {"epoch": 0, "phase": "heads", "loss": 1.5, "val": {"wbc_box_ap": 0.25, "wbc_box_ap50": 0.5}, "seconds": 3}]})
+    card = render_card(folder, {"split": "test", "n_fields": 2, "wbc_box_ap50": 0.875, "threads": 2},
+                       commands={"train": "python -m x"})
+    assert "| 0 | heads |" in card and "| wbc_box_ap50 | 0.875 |" in card and "`python -m x`" in card
+
+
+def test_shipped_zoo_model_loads():
+    from bloodsmear.settings import ZOO_DIR
+
+    folder = ZOO_DIR / "wbc-maskrcnn"
+    assert (folder / "card.md").is_file()
+    if not (folder / "weights.pt").is_file():
+        pytest.skip("Mask R-CNN weights not shipped")
+    assert (folder / "weights.pt").stat().st_size < 20 * 2**20
+    seg = load_segmenter(folder)
+    assert seg.kind == "maskrcnn" and seg.score_threshold == 0.7 and seg.rbc_diameter_px == 50.0
+    assert seg.predict(np.full((96, 128, 3), 230, np.uint8)) == []  # a blank field holds no WBC

@@ -367,7 +367,8 @@ def render_card(folder: str | Path, test: dict | None = None, *, commands: dict[
                   "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {test[k]:.4g} |" for k in keys if isinstance(test.get(k), (int, float))]
         lines += ["", f"P/R/F1 and counting at the {test.get('score_threshold')} threshold; AP over detections >= 0.05; "
-                  f"ms per field = resize + predict, median, {test.get('threads')} torch threads.", ""]
+                  f"ms per field = resize + predict, median of 20 fields, {test.get('threads')} torch threads, "
+                  "as timed by `eval` (niced) on the shared CPU.", ""]
     if commands:
         lines += ["## Commands", ""] + [f"- {k}: `{v}`" for k, v in commands.items()] + [""]
     if notes:
