@@ -73,7 +73,8 @@ def read_target(folder: str | Path, size: int, *, fields: bool = False, crop_sid
             if loc is None:
                 skipped.append(f"{rel}: no WBC found")
                 continue
-            crops.append(fit_image(resize_square(crop_square(rgb, loc[0], loc[1], crop_side), size), size,
+            big = int(round(size / max(crop_fraction, 1e-3)))
+            crops.append(fit_image(resize_square(crop_square(rgb, loc[0], loc[1], crop_side), big), size,
                                    crop_fraction))
         else:
             crops.append(fit_image(rgb, size, crop_fraction))
@@ -123,19 +124,21 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
     t = info.training or {}
     classes = list(info.classes)
     manifest = None
+    # crops at input_size / crop_fraction, so the model's centre fraction is then cut and area-resized once
+    size = int(round(info.input_size / max(info.crop_fraction, 1e-3)))
     if source is not None:
-        spec = DomainSpec("folder", str(Path(source).resolve()), size=info.input_size)
+        spec = DomainSpec("folder", str(Path(source).resolve()), size=size)
     elif t.get("kind") == "domains":
         key = t["run"]["train"][0]
         d = (t.get("domain_specs") or {}).get(key) or {"name": t["domains"][key]}
-        spec = DomainSpec(**{**d, "size": info.input_size})
+        spec = DomainSpec(**{**d, "size": size})
         manifest = _manifest_for(folder, info)
     else:  # a classifier trained by `bloodsmear train` (TrainConfig): class-per-folder dataset
         d = t.get("data") or {}
         if not d.get("dataset"):
             raise InputError(folder, "the model records no training dataset; pass --source FOLDER")
         name = {"pbc": "pbc", "lisc": "lisc"}.get(d.get("format", ""), "folder")
-        spec = DomainSpec(name, d["dataset"], size=info.input_size)
+        spec = DomainSpec(name, d["dataset"], size=size)
         manifest = _manifest_for(folder, info)
     root = Path(spec.root) if Path(spec.root).is_absolute() else data_root() / (spec.root or spec.name)
     if not root.exists():
@@ -153,10 +156,9 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
         raise InputError(root, "the model's split manifest matches none of the source images")
     tr = _subsample_idx(tr, dom.labels, max_per_class, seed)
     te = _subsample_idx(te, dom.labels, max_per_class // 2 if max_per_class else None, seed)
-    imgs = dom.images
-    if info.crop_fraction < 1.0:  # frame the crops as the model was trained (centre fraction)
-        imgs = np.stack([fit_image(im, info.input_size, info.crop_fraction) for im in imgs])
-    return imgs[tr], dom.labels[tr], imgs[te], dom.labels[te]
+    imgs = dom.images[np.concatenate([tr, te])]
+    imgs = np.stack([fit_image(im, info.input_size, info.crop_fraction) for im in imgs])  # the model's framing
+    return imgs[:len(tr)], dom.labels[tr], imgs[len(tr):], dom.labels[te]
 
 
 def _cache_dir() -> Path:
