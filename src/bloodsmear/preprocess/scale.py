@@ -78,7 +78,10 @@ def pattern_spectrum(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
     return areas
 
 
-def _peak_diameter(mask: np.ndarray, rmin: float, rmax: float, n: int = 32) -> tuple[float, float]:
+def _peak_diameter(mask: np.ndarray, rmin: float, rmax: float, n: int = 32,
+                   prefer: float | None = None) -> tuple[float, float]:
+    """(diameter at the chosen spectrum peak, confidence). Among the peaks at least half as high as the
+    highest: the first (smallest radius), or the one nearest to the radius `prefer` when given."""
     radii = np.geomspace(max(rmin, 1.0), max(rmax, rmin * 2, 2.0), n)
     areas = pattern_spectrum(mask, radii)
     lr = np.log(radii)
@@ -92,6 +95,9 @@ def _peak_diameter(mask: np.ndarray, rmin: float, rmax: float, n: int = 32) -> t
     peaks = [p for p in peaks if spec[p] >= 0.5 * spec[i]]
     if peaks:
         i = peaks[0]
+        if prefer is not None:
+            mid = (lr[:-1] + lr[1:]) / 2
+            i = min(peaks, key=lambda p: abs(mid[p] - np.log(prefer)))
     mids = np.exp((lr[:-1] + lr[1:]) / 2)
     lm = np.log(mids)
     r = float(mids[i])
@@ -122,7 +128,8 @@ def estimate_rbc_diameter(rgb: np.ndarray) -> ScaleEstimate:
     h, w = rgb.shape[:2]
     f0 = min(1.0, _PASS1_SIDE / max(h, w))
     x0 = _resize(rgb, f0)
-    d0, c0 = _peak_diameter(cell_mask(x0), 1.0, max(x0.shape[:2]) / 4, n=20)
+    # pass 1 ignores radii under 2.5 px (red cells under 5 px in a 160 px copy: no usable field)
+    d0, c0 = _peak_diameter(cell_mask(x0), 2.5, max(x0.shape[:2]) / 4, n=20)
     if not np.isfinite(d0):
         return ScaleEstimate(float("nan"), 0.0)
     d0 /= f0
