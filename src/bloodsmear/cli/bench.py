@@ -17,6 +17,7 @@ def bench_analyze_cmd(
     compare: str = typer.Option("maskrcnn", "--compare", help="Pipeline to compare with ('' for none)."),
     compare_limit: int = typer.Option(None, "--compare-limit", help="Use only the first N images for the comparison."),
     photo: bool = typer.Option(False, "--photo", help="Also time a synthetic 4032x3024 photo (fresh process)."),
+    photo_source: str = typer.Option(None, "--photo-source", help="Field the photo is made of (default: the first)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays (part of end to end)."),
     workers: int = typer.Option(None, "--workers", help="Images analysed at once (default: CPU cores, max 2)."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
@@ -27,7 +28,7 @@ def bench_analyze_cmd(
 
     d = bench_analyze(images_dir, limit=limit, pipeline=pipeline, compare=compare or None,
                       compare_limit=compare_limit, photo=photo, overlays=overlays,
-                      workers=workers)
+                      workers=workers, photo_source=photo_source)
     print_table("bench analyze", ["figure", "value"], [(k, v) for k, v in d.items() if not isinstance(v, dict)])
     if json_out:
         emit_json(d)

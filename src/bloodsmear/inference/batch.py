@@ -211,9 +211,9 @@ def _reason(job: ImageJob, e: Exception) -> str:
 
 
 def default_workers() -> int:
-    """Images analysed at once: one per CPU core, at most 2 (each stage is small; threads overlap
+    """Worker threads: one more than the CPU cores, at most 3 (each stage is small; threads overlap
     decoding, scale estimation, the networks and PNG encoding, which all release the GIL)."""
-    return max(1, min(2, os.cpu_count() or 1))
+    return max(1, min(3, (os.cpu_count() or 1) + 1))
 
 
 @contextmanager
