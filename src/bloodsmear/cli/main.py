@@ -24,6 +24,7 @@ _GROUPS = [
     ("bloodsmear.cli.crop", "app", "crop"),
     ("bloodsmear.cli.bench", "app", "bench"),
     ("bloodsmear.cli.models", "app", "models"),
+    ("bloodsmear.cli.segment", "app", "segment"),
 ]
 _COMMAND_MODULES = [
     "bloodsmear.cli.classifier",  # train, classify, eval-classifier
