@@ -256,7 +256,7 @@ def plot_dann_curves(history: list[dict], dest: Path, *, title: str = "") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bloodsmear.io import atomic_path
+    from bloodsmear.evaluation.metrics import save_png
 
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=100)
@@ -273,12 +273,7 @@ def plot_dann_curves(history: list[dict], dest: Path, *, title: str = "") -> Pat
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return dest
+    return save_png(fig, dest)
 
 
 def summary(rows: list[dict]) -> dict:
