@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("TORCH_NUM_THREADS", "2")
 
 
 @pytest.fixture(scope="session")

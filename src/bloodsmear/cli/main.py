@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 
 import typer
 
@@ -67,7 +66,6 @@ def _register() -> None:
 
 
 _register()
-logging.getLogger("bloodsmear")
 
 
 def main() -> None:  # pragma: no cover
