@@ -1,7 +1,9 @@
 """The fast default WBC instance segmenter ("fast-unet"): a small U-Net that predicts WBC foreground and
 a per-instance *centredness* map (distance to the instance border / its maximum, 0..1), split into
 instances by a marker watershed (scikit-image), at a working scale where red cells are
-`rbc_diameter_px` wide (a BCCD field becomes ~170x130 px).
+`rbc_diameter_px` wide (a BCCD field becomes ~170x130 px). The instances then pass the filters of
+`bloodsmear.models.instance_filter`: touching pieces of one cell are merged, instances without a
+stained nucleus (red cells, dirt, loose platelet clumps) are dropped (thresholds in config.json).
 
 Model folder: ``config.json`` (kind "fast-unet", architecture, `rbc_diameter_px`, thresholds,
 normalisation, training info), ``weights.pt`` (fp16 state dict), ``card.md``.
@@ -24,6 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from bloodsmear.models.instance_filter import (
+    FilterConfig,
+    drop_unstained,
+    merge_split_instances,
+    relabel,
+)
 from bloodsmear.models.segmenter_base import register_segmenter
 from bloodsmear.types import Cell
 
@@ -113,10 +121,22 @@ class FastSegConfig:
     min_area_rbc: float = 0.35  # instances smaller than this many RBC disc areas are dropped
     polygon_epsilon: float = 0.6  # cv2.approxPolyDP tolerance, working-scale px
     expand_px: float = 0.0  # instances grown by this many working-scale px into the background
+    # instance filters (bloodsmear.models.instance_filter; areas in red-cell disc areas; 0 switches a rule off)
+    merge_dynamics: float = FilterConfig.merge_dynamics  # merge touching pieces of one cell (centredness dip)
+    merge_max_area_rbc: float = FilterConfig.merge_max_area_rbc  # ... into at most this big a cell
+    merge_min_solidity: float = FilterConfig.merge_min_solidity  # ... that is this convex
+    min_nucleus_rbc: float = FilterConfig.min_nucleus_rbc  # drop instances with less purple-stained nucleus
+    stain_threshold: float = FilterConfig.stain_threshold  # OD(G) - OD(B) above the red cells' = nucleus stain
     normalisation: dict = field(default_factory=lambda: {"type": "percentile", "low": 1.0, "high": 99.0,
                                                          "subsample": 4})
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+
+    def filter_config(self) -> FilterConfig:
+        """The instance-filter thresholds of this model (`bloodsmear.models.instance_filter`)."""
+        return FilterConfig(merge_dynamics=self.merge_dynamics, merge_max_area_rbc=self.merge_max_area_rbc,
+                            merge_min_solidity=self.merge_min_solidity, min_nucleus_rbc=self.min_nucleus_rbc,
+                            stain_threshold=self.stain_threshold)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FastSegConfig":
@@ -139,13 +159,16 @@ def normalise(rgb: np.ndarray, norm: dict) -> np.ndarray:
 
 
 def instances_from_maps(fg: np.ndarray, center: np.ndarray, *, fg_threshold: float = 0.5,
-                        center_threshold: float = 0.45, min_area: float = 0.0, expand_px: float = 0.0) -> np.ndarray:
+                        center_threshold: float = 0.45, min_area: float = 0.0, expand_px: float = 0.0,
+                        merge: FilterConfig | None = None, rbc_diameter_px: float = 20.0) -> np.ndarray:
     """Instance labels (int32, 0 = background) from a foreground probability and a centredness map.
 
     Markers are the connected components of (centre > center_threshold) inside the foreground; each
     foreground pixel joins a marker by a watershed on -centre. Foreground blobs without a marker form
-    one instance each; instances below `min_area` px are dropped; the rest are grown by `expand_px`
-    into the background (never into each other). Inputs are not modified.
+    one instance each; with `merge`, touching instances that are one cell are merged
+    (`instance_filter.merge_split_instances`, red cells `rbc_diameter_px` wide); instances below
+    `min_area` px are dropped; the rest are grown by `expand_px` into the background (never into each
+    other). Inputs are not modified.
     """
     from skimage.segmentation import watershed
 
@@ -165,6 +188,9 @@ def instances_from_maps(fg: np.ndarray, center: np.ndarray, *, fg_threshold: flo
             markers[blobs == b] = next_id
             next_id += 1
     lab = watershed(-center.astype(np.float32), markers, mask=mask).astype(np.int32)
+    if merge is not None and merge.merge_dynamics > 0:
+        lab = merge_split_instances(lab, center, rbc_diameter_px, dynamics=merge.merge_dynamics,
+                                    max_area_rbc=merge.merge_max_area_rbc, min_solidity=merge.merge_min_solidity)
     if min_area > 0 and lab.max() > 0:
         areas = np.bincount(lab.ravel())
         small = np.flatnonzero(areas < min_area)
@@ -175,15 +201,7 @@ def instances_from_maps(fg: np.ndarray, center: np.ndarray, *, fg_threshold: flo
         from skimage.segmentation import expand_labels
 
         lab = expand_labels(lab, expand_px).astype(np.int32)
-    return _relabel(lab)
-
-
-def _relabel(lab: np.ndarray) -> np.ndarray:
-    ids = np.unique(lab)
-    ids = ids[ids > 0]
-    lut = np.zeros(int(lab.max()) + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return lut[lab]
+    return relabel(lab)
 
 
 def cells_from_labels(lab: np.ndarray, fg: np.ndarray, *, score_threshold: float = 0.0,
@@ -254,10 +272,15 @@ class FastSegmenter:
 
     def predict(self, rgb: np.ndarray) -> list[Cell]:
         c = self.config
-        fg, center = self.maps(np.asarray(rgb))
+        rgb = np.asarray(rgb)
+        fg, center = self.maps(rgb)
         rbc_area = np.pi / 4 * self.rbc_diameter_px ** 2
+        filt = c.filter_config()
         lab = instances_from_maps(fg, center, fg_threshold=c.fg_threshold, center_threshold=c.center_threshold,
-                                  min_area=c.min_area_rbc * rbc_area, expand_px=c.expand_px)
+                                  min_area=c.min_area_rbc * rbc_area, expand_px=c.expand_px, merge=filt,
+                                  rbc_diameter_px=self.rbc_diameter_px)
+        lab = drop_unstained(lab, rgb, self.rbc_diameter_px, min_nucleus_rbc=filt.min_nucleus_rbc,
+                             stain_threshold=filt.stain_threshold)
         return cells_from_labels(lab, fg, score_threshold=self.score_threshold, polygon_epsilon=c.polygon_epsilon)
 
     # -------------------------------------------------------------- folder I/O
