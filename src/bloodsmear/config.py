@@ -152,6 +152,25 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def parse_overrides(items: list[str] | None, where: object = "--set") -> dict:
+    """`["train.epochs=2", "device=cuda"]` -> {"train": {"epochs": 2}, "device": "cuda"} (values parsed as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            from bloodsmear.errors import InputError
+
+            raise InputError(where, f"expected KEY=VALUE (dotted keys for nested settings), got {item!r}")
+        node = out
+        parts = key.strip().split(".")
+        for k in parts[:-1]:
+            node = node.setdefault(k, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
 def save_config(cfg: Any, dest: str | Path) -> Path:
     """Write a config dataclass (or dict) as JSON or YAML, by suffix, atomically."""
     from bloodsmear.io import write_json_atomic, write_text_atomic

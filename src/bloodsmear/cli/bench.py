@@ -69,15 +69,18 @@ def bench_grid_cmd(
 def bench_domains_cmd(
     config: str = typer.Argument(..., help="Domains config (YAML), e.g. configs/domains/pbc_lisc.yaml."),
     only: list[str] = typer.Option(None, "--only", help="Run only these run ids (repeatable), e.g. src_A dann_A_B."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a config value, e.g. --set train.epochs=2 "
+                                                       "--set device=cuda (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object (last line)."),
 ) -> None:
     """The paper's Tables 5/6 + stain normalisation across two domains -> CSV + Markdown tables (resumable)."""
     from bloodsmear.cli.common import emit_json, print_table
+    from bloodsmear.config import parse_overrides
     from bloodsmear.errors import BloodsmearError
     from bloodsmear.training.domains import load_domains_config, run_domains, summary
 
     try:
-        res = run_domains(load_domains_config(config), only=only or None)
+        res = run_domains(load_domains_config(config, parse_overrides(set_)), only=only or None)
     except BloodsmearError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e

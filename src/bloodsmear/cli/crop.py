@@ -76,3 +76,37 @@ def crop_cells_cmd(
                f"{len(s.failed_cells)} cell(s) skipped, {s.no_class} WBC(s) without a subtype", err=True)
     if json_out:
         emit_json(s.to_dict())
+
+
+@app.command("fields")
+def crop_fields_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Field images or folders (walked recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: crops keep the inputs' relative paths."),
+    pipeline: str = typer.Option(None, "--pipeline", help="Pipeline config (its segmenter and crop framing); "
+                                                          "default: the shipped one."),
+    one_per_image: bool = typer.Option(False, "--one-per-image/--all-cells",
+                                       help="Keep only the largest cell of each field (one WBC per field)."),
+    size: int = typer.Option(None, "--size", help="Resize every crop to SIZE x SIZE."),
+    ext: str = typer.Option("png", "--ext", help="png or jpg."),
+    scale: str = typer.Option(None, "--scale", help="auto or the red-cell diameter in pixels (default: the config's)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Crop every WBC the pipeline's segmenter finds in fields, framed as `analyze` frames them
+    (e.g. a DANN target domain); writes OUT/<relative path>[_k].png and OUT/crops.csv; re-runs resume."""
+    from bloodsmear.errors import BloodsmearError
+    from bloodsmear.inference.export import export_cell_crops
+
+    try:
+        r = export_cell_crops(inputs, out, pipeline=pipeline, one_per_image=one_per_image, size=size, ext=ext,
+                              scale=scale, progress=progress)
+    except (BloodsmearError, ValueError) as e:
+        log.error("%s", e)
+        raise typer.Exit(2) from e
+    for p, why in r.skipped:
+        typer.echo(f"skipped: {why}", err=True)
+    print_table(f"crop fields -> {out}", ["", "n"],
+                [("images", r.n_images), ("crops written", r.n_crops), ("already done", r.n_resumed),
+                 ("no cell found", len(r.no_cell)), ("skipped (bad files)", len(r.skipped))])
+    if json_out:
+        emit_json(r.to_dict())

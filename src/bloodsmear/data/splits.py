@@ -149,12 +149,16 @@ def file_hashes(paths: list[Path], *, workers: int = 8) -> list[str | None]:
         return list(ex.map(_hash_file, paths, chunksize=64))
 
 
-def duplicate_groups(dataset: Dataset, *, workers: int = 8) -> list[list[int]]:
+def duplicate_groups(dataset: Dataset, *, workers: int = 8, hashes: list[str | None] | None = None) -> list[list[int]]:
     """Groups of image indices; byte-identical files share a group, every other image is alone.
 
-    Images whose file is absent (annotation-only sets such as RV-PBS) are grouped by their path.
+    `hashes`: the files' hashes computed earlier (e.g. stored with a crop cache, so a split made where the
+    source files are absent groups them the same); None entries and absent files are grouped by path.
     """
-    hashes = file_hashes([im.path for im in dataset.images], workers=workers)
+    if hashes is None:
+        hashes = file_hashes([im.path for im in dataset.images], workers=workers)
+    elif len(hashes) != len(dataset.images):
+        raise ValueError(f"{len(hashes)} hashes for {len(dataset.images)} images")
     by_key: dict[str, list[int]] = defaultdict(list)
     for i, (im, h) in enumerate(zip(dataset.images, hashes)):
         by_key[h if h is not None else "path:" + str(im.path)].append(i)
@@ -191,8 +195,11 @@ def _split_two(items: list[int], labels: list[str], test_frac: float, seed: int)
     raise AssertionError("unreachable: unstratified split cannot fail")
 
 
-def make_split(dataset: Dataset, scheme: str = "64-16-20", seed: int = 42, *, workers: int = 8) -> SplitManifest:
-    """Split `dataset` into the scheme's parts: seeded, stratified over duplicate-groups, reproducible."""
+def make_split(dataset: Dataset, scheme: str = "64-16-20", seed: int = 42, *, workers: int = 8,
+               hashes: list[str | None] | None = None) -> SplitManifest:
+    """Split `dataset` into the scheme's parts: seeded, stratified over duplicate-groups, reproducible.
+
+    `hashes`: the images' file hashes (in `dataset.images` order) when known; None = read the files."""
     from bloodsmear import __version__
 
     if scheme not in SCHEMES:
@@ -201,7 +208,10 @@ def make_split(dataset: Dataset, scheme: str = "64-16-20", seed: int = 42, *, wo
     # a deterministic order independent of how the reader listed the images
     order = sorted(range(len(dataset.images)), key=lambda i: _rel(dataset.images[i].path, dataset.root))
     ordered = Dataset(dataset.name, dataset.root, [dataset.images[i] for i in order], dataset.format)
-    groups = sorted(duplicate_groups(ordered, workers=workers), key=lambda g: g[0])
+    if hashes is not None and len(hashes) != len(dataset.images):
+        raise ValueError(f"{len(hashes)} hashes for {len(dataset.images)} images")
+    ohashes = None if hashes is None else [hashes[i] for i in order]
+    groups = sorted(duplicate_groups(ordered, workers=workers, hashes=ohashes), key=lambda g: g[0])
     glabels = [stratify_label(ordered.images[g[0]]) for g in groups]
 
     # peel off the parts from the last to the first: test, then val from the rest, ...

@@ -73,6 +73,11 @@ class CellClassifier:
         from bloodsmear.training.data import normalizer
 
         self._mean, self._std = normalizer(self.info.mean, self.info.std)
+        self._stain = None
+        if self.info.color_normalization:  # the stain normalisation the model was trained with
+            from bloodsmear.preprocess.color import ReinhardNormalizer
+
+            self._stain = ReinhardNormalizer.from_dict(self.info.color_normalization)
 
     @classmethod
     def load(cls, ref: str | Path = "default", **kw) -> "CellClassifier":
@@ -89,6 +94,8 @@ class CellClassifier:
             if c.ndim != 3 or c.shape[2] != 3 or c.dtype != np.uint8:
                 raise InputError(None, f"crop {i}: expected an RGB uint8 (H, W, 3) array, got {c.dtype} {c.shape}")
             out[i] = fit_image(c, s, self.info.crop_fraction)
+            if self._stain is not None:
+                out[i] = self._stain(out[i])
         return out
 
     @torch.inference_mode()

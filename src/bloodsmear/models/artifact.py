@@ -50,6 +50,9 @@ class ModelInfo:
     name: str = ""
     seed: int | None = None
     training: dict = field(default_factory=dict)  # the TrainConfig as a dict
+    # stain normalisation applied to every input after resizing (e.g. Reinhard to the training stain:
+    # `preprocess.color.ReinhardNormalizer.to_dict()`); None = none
+    color_normalization: dict | None = None
     weights: str = "weights.safetensors"
     dtype: str = "float16"
     format: str = FORMAT

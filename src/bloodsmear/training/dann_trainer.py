@@ -34,6 +34,7 @@ class DannConfig:
     maps: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     threads: int = 1
+    device: str = "cpu"  # cpu | cuda | auto
     out_dir: str = "runs/dann"
     cache_dir: str | None = None
 
@@ -74,8 +75,8 @@ def train_dann(cfg: DannConfig, *, progress: bool = True) -> DannTrainResult:
     rid = run_id(cfg)
     dc = DomainsConfig(name=cfg.name, domains={"A": cfg.source, "B": cfg.target}, classes=cfg.classes,
                        image_size=cfg.image_size, scheme=cfg.scheme, split_seed=cfg.split_seed, runs=[rid],
-                       maps=cfg.maps, train=cfg.train, stain_reference="A", threads=cfg.threads, out_dir=cfg.out_dir,
-                       cache_dir=cfg.cache_dir)
+                       maps=cfg.maps, train=cfg.train, stain_reference="A", threads=cfg.threads, device=cfg.device,
+                       out_dir=cfg.out_dir, cache_dir=cfg.cache_dir)
     res = run_domains(dc, progress=progress)
     test = {r["tested_on"]: {k: r[k] for k in ("macro_f1", "macro_precision", "macro_recall", "accuracy", "n")}
             for r in res.rows}

@@ -42,13 +42,19 @@ class DomainSpec:
     name: str  # pbc | lisc | bccd | folder (a class-per-folder of crops)
     root: str = ""  # dataset folder; relative names resolve against the data root
     size: int = 80  # output crop side (px)
-    crop_side: int = 160  # LISC: square side around the located WBC (px, original field)
+    crop_side: int = 160  # LISC (crops: locate): square side around the located WBC (px, original field)
+    crops: str = "locate"  # LISC: "locate" (stain-contrast blob + crop_side square) or "pipeline" (the
+    #                        pipeline's segmenter + crop stage, the largest cell of each field: what `analyze` sees)
+    pipeline: str | None = None  # crops: pipeline -> that pipeline config (None: the shipped default)
     box_scale: float = 1.6  # BCCD: square side = box_scale * max(box w, h)
     max_per_class: int | None = None  # subsample (seeded) before splitting; None = all
     seed: int = 0
 
     def key(self, classes: list[str]) -> str:
         d = asdict(self)
+        for k, default in (("crops", "locate"), ("pipeline", None)):  # older caches keep their keys
+            if d.get(k) == default:
+                d.pop(k)
         d["classes"] = list(classes)
         d["v"] = CACHE_VERSION
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -65,6 +71,7 @@ class DomainCrops:
     paths: list[str]  # source image (relative to the dataset root), plus "#k" for the k-th cell of a field
     groups: list[str] = field(default_factory=list)  # source image per crop (what splits group on)
     root: str = ""  # dataset root the paths are relative to
+    hashes: list[str] | None = None  # per crop: its source file's hash (byte-identical files split together)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -72,7 +79,8 @@ class DomainCrops:
     def take(self, idx: np.ndarray | list[int]) -> "DomainCrops":
         idx = np.asarray(idx, dtype=int)
         return DomainCrops(self.name, self.classes, self.images[idx], self.labels[idx],
-                           [self.paths[i] for i in idx], [self.groups[i] for i in idx], self.root)
+                           [self.paths[i] for i in idx], [self.groups[i] for i in idx], self.root,
+                           None if self.hashes is None else [self.hashes[i] for i in idx])
 
     def counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
@@ -182,6 +190,13 @@ def _read_class_domain(spec: DomainSpec, classes: list[str]) -> tuple[list[np.nd
 
     root, ims = _class_images(spec, classes)
     crops, labels, paths, skipped = [], [], [], []
+    if spec.crops not in ("locate", "pipeline"):
+        raise ValueError(f"crops must be locate or pipeline, got {spec.crops!r}")
+    pipe = None
+    if spec.name == "lisc" and spec.crops == "pipeline":
+        from bloodsmear.inference.export import segmenting_pipeline
+
+        pipe = segmenting_pipeline(spec.pipeline)
     for im in ims:
         rel = im.path.relative_to(root).as_posix()
         try:
@@ -189,7 +204,15 @@ def _read_class_domain(spec: DomainSpec, classes: list[str]) -> tuple[list[np.nd
         except InputError as e:
             skipped.append(str(e))
             continue
-        if spec.name == "lisc":
+        if pipe is not None:
+            from bloodsmear.inference.export import field_crops
+
+            _, _, cut, _ = field_crops(pipe, rgb, one_per_image=True, name=rel, path=im.path)
+            if not cut:
+                skipped.append(f"{rel}: no WBC found")
+                continue
+            rgb = cut[0]
+        elif spec.name == "lisc":
             loc = locate_wbc(rgb)
             if loc is None:
                 skipped.append(f"{rel}: no WBC found")
@@ -250,8 +273,9 @@ def build_domain(spec: DomainSpec, classes: list[str], *, cache_dir: str | Path 
         z = np.load(cache, allow_pickle=False)
         paths = [str(p) for p in z["paths"]]
         log.info("%s: %d crops from cache %s", spec.name, len(paths), cache)
+        hashes = [str(h) or None for h in z["hashes"]] if "hashes" in z.files else None  # older caches: none
         return DomainCrops(spec.name, classes, z["images"], z["labels"].astype(np.int64), paths,
-                           [p.split("#")[0] for p in paths], str(_root(spec)))
+                           [p.split("#")[0] for p in paths], str(_root(spec)), hashes)
     if spec.name == "bccd":
         crops, labels, paths, skipped = _read_bccd(spec, classes)
     elif spec.name in ("pbc", "lisc", "folder"):
@@ -262,14 +286,18 @@ def build_domain(spec: DomainSpec, classes: list[str], *, cache_dir: str | Path 
         log.warning("%s: skipped %s", spec.name, s)
     if not crops:
         raise InputError(_root(spec), f"no {spec.name} crops of classes {classes}")
+    from bloodsmear.data.splits import file_hashes
+
     images = np.stack(crops)
     y = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
+    groups = [p.split("#")[0] for p in paths]
+    hashes = [h or "" for h in file_hashes([_root(spec) / g for g in groups])]
     if cache is not None:
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, images=images, labels=y, paths=np.array(paths))
+                np.savez_compressed(f, images=images, labels=y, paths=np.array(paths), hashes=np.array(hashes))
     log.info("%s: %d crops (%d skipped)", spec.name, len(crops), len(skipped))
-    return DomainCrops(spec.name, classes, images, y, paths, [p.split("#")[0] for p in paths], str(_root(spec)))
+    return DomainCrops(spec.name, classes, images, y, paths, groups, str(_root(spec)), [h or None for h in hashes])
 
 
 def split_domain(dom: DomainCrops, *, scheme: str = "64-16-20", seed: int = 42):
@@ -285,10 +313,11 @@ def split_domain(dom: DomainCrops, *, scheme: str = "64-16-20", seed: int = 42):
     root = Path(dom.root or "/nonexistent-" + dom.name)
     groups = list(dict.fromkeys(dom.groups))
     first = {g: i for i, g in reversed(list(enumerate(dom.groups)))}
+    hashes = None if dom.hashes is None else [dom.hashes[first[g]] for g in groups]
     ds = Dataset(name=dom.name, root=root, format=dom.name,
                  images=[AnnotatedImage(path=root / g, width=0, height=0, source=dom.name,
                                         label=dom.classes[int(dom.labels[first[g]])]) for g in groups])
-    m = make_split(ds, scheme, seed=seed)
+    m = make_split(ds, scheme, seed=seed, hashes=hashes)
     out = {}
     for name in m.splits:
         members = set(m.paths(name))

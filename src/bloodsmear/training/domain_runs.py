@@ -122,11 +122,14 @@ class RunSettings:
 
 
 def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, out_dir: Path, cache_dir: Path,
-              *, progress: bool = True) -> dict:
-    """Train one run (resumable), save its model folder, score it on every domain's test split."""
+              *, progress: bool = True, device: str = "cpu") -> dict:
+    """Train one run (resumable), save its model folder, score it on every domain's test split.
+
+    `device`: where the model trains ("cpu", "cuda", "auto"); crops and cached maps stay on the CPU.
+    """
     from bloodsmear.io import write_json_atomic
     from bloodsmear.models.classifier import build_classifier
-    from bloodsmear.training.engine import evaluate
+    from bloodsmear.training.engine import evaluate, resolve_device
     from bloodsmear.training.feature_cache import MapLoader, TailModel
     from bloodsmear.training.objectives import build_objective
     from bloodsmear.training.trainer import fit
@@ -154,6 +157,8 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
         model.backbone.load_state_dict(base.model.backbone.state_dict())
     tail = TailModel(model, ms.train_from, freeze_bn=rs.freeze_bn)
     spec = model.backbone.spec
+    dev = resolve_device(device)
+    tail.to(dev)
 
     def maps(key: str, part: str) -> torch.Tensor:
         return _maps(prep, tail, key, part, run.stain, ms, cache_dir, spec.mean, spec.std)
@@ -176,20 +181,21 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
         target_loader = MapLoader(maps(run.target, "train"), None, batch_size=rs.batch_size, shuffle=True,
                                   seed=rs.seed + 1, drop_last=True)
         kw = dict(feature_dim=model.backbone.feature_dim, steps_per_epoch=len(train_loader), **rs.dann)
-    objective = build_objective(run.objective, **kw)
+    objective = build_objective(run.objective, **kw).to(dev)
     params = [p for p in tail.parameters() if p.requires_grad] + list(objective.parameters())
     optimizer = torch.optim.Adam(params, lr=rs.lr, weight_decay=rs.weight_decay)
     select = rs.select_best_supervised and run.objective == "supervised"
     fr = fit(tail, objective, train_loader, val_loader if select else None, optimizer, epochs=rs.epochs,
              classes=prep.classes, checkpoint=out / "checkpoint.pt", progress=progress, target_loader=target_loader,
-             on_epoch_end=None if select else _log_val(tail, val_loader, prep.classes))
+             on_epoch_end=None if select else _log_val(tail, val_loader, prep.classes, dev), device=dev)
     results, feats = {}, {}
     for key in prep.crops:
         te = MapLoader(maps(key, "test"), labels(key, "test"), batch_size=256, shuffle=False)
-        rep = evaluate(tail, te, prep.classes).report
+        rep = evaluate(tail, te, prep.classes, device=dev).report
         results[key] = rep.to_dict()
-        feats[key] = _features(tail, te)
-    _save(model, run, prep, ms, rs, fr, results, out, settings)
+        feats[key] = _features(tail, te, dev)
+    tail.to("cpu")
+    _save(model, run, prep, ms, rs, fr, results, out, settings, device=str(dev))
     np.savez_compressed(out / "test_features.npz", **{f"{k}_x": v for k, v in feats.items()},
                         **{f"{k}_y": labels(k, "test") for k in feats})
     res = {"settings": settings, "test": results, "history": fr.history, "epochs_run": fr.epochs_run,
@@ -198,35 +204,38 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     return res
 
 
-def _log_val(tail, val_loader, classes):
+def _log_val(tail, val_loader, classes, device=None):
     """Source-validation figures for runs that do not select an epoch on them (history only)."""
     from bloodsmear.training.engine import evaluate
 
     def cb(row: dict) -> None:
-        ev = evaluate(tail, val_loader, classes)
+        ev = evaluate(tail, val_loader, classes, device=device)
         row.update(val_loss=ev.loss, val_accuracy=ev.report.accuracy, val_f1=ev.report.macro_f1)
 
     return cb
 
 
 @torch.no_grad()
-def _features(tail, loader) -> np.ndarray:
+def _features(tail, loader, device=None) -> np.ndarray:
     tail.eval()
-    return np.concatenate([tail.forward_features(x).numpy() for x, _y in loader]).astype(np.float32)
+    return np.concatenate([tail.forward_features(x.to(device) if device is not None else x).cpu().numpy()
+                           for x, _y in loader]).astype(np.float32)
 
 
 def _save(model, run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, fr, results: dict, out: Path,
-          settings: dict) -> Path:
+          settings: dict, device: str = "cpu") -> Path:
     from bloodsmear.models.artifact import ModelInfo, save_model
 
     spec = model.backbone.spec
     size = int(next(iter(prep.crops.values())).images.shape[1])
     training = {"kind": "domains", **settings, "domains": {k: c.name for k, c in prep.crops.items()},
                 "domain_specs": prep.specs, "scheme": prep.scheme, "split_seed": prep.split_seed,
-                "color_normalization": prep.stain.to_dict() if run.stain and prep.stain is not None else None}
+                "color_normalization": prep.stain.to_dict() if run.stain and prep.stain is not None else None,
+                "device": device}
     info = ModelInfo(backbone=ms.backbone, classes=list(prep.classes), input_size=size, mean=list(spec.mean),
                      std=list(spec.std), crop_fraction=1.0, mode="finetune", hidden=rs.hidden, dropout=rs.dropout,
-                     name=run.id, seed=rs.seed, training=training)
+                     name=run.id, seed=rs.seed, training=training,
+                     color_normalization=training["color_normalization"])
     metrics = {"test_by_domain": results, "epochs_run": fr.epochs_run, "train_seconds": round(fr.train_seconds, 1),
                "best_epoch": fr.best_epoch, "stopped": fr.stopped}
     # headline: the target domain's test split for DANN (what the model was adapted to), else the first
@@ -258,16 +267,21 @@ def run_card(info, run: RunSpec, prep: Prepared, metrics: dict, history: list[di
              f"(ImageNet) -> global average pooling -> Dense({info.hidden}) -> softmax. Trained {how}"
              f"{', every crop Reinhard-normalised to ' + names[t.get('stain_reference', 'A')] if run.stain else ''}.", "",
              "## Input", "",
-             f"A single-WBC crop, square, resized to {info.input_size} px (PBC: the whole 224 px image; LISC: a "
-             f"{prep.specs.get('B', {}).get('crop_side', 160)} px square around the WBC of a 720x576 field), RGB "
+             f"A single-WBC crop, square, resized to {info.input_size} px (PBC: the whole 224 px image; LISC: "
+             + (f"a {prep.specs.get('B', {}).get('crop_side', 160)} px square around the WBC of a 720x576 field"
+                if prep.specs.get('B', {}).get('crops', 'locate') == 'locate' else
+                "the largest WBC the pipeline's segmenter finds in a 720x576 field, cut by its crop stage")
+             + (", Reinhard-normalised to the reference stain" if run.stain else "") + "), RGB "
              f"normalised with mean {info.mean} / std {info.std} (x/255).", "",
              "## Data and training", "",
              f"- Domains (train/val/test crops, seeded {prep.scheme} split seed {prep.split_seed}; manifests in "
              f"`split.json`): {counts}.",
-             f"- Backbone blocks before {t['maps']['train_from']} frozen (ImageNet), their maps cached for "
-             f"{t['maps']['views']} views per training crop (the crop + the paper's augmentation policy "
-             f"`{t['maps']['augment']}`); later blocks + head trained with Adam lr {t['train']['lr']}, batch "
-             f"{t['train']['batch_size']}, {metrics['epochs_run']} epochs, {metrics['train_seconds']} s on CPU.",
+             (f"- Backbone blocks before {t['maps']['train_from']} frozen (ImageNet), their maps cached for "
+              if t['maps']['train_from'] else "- The whole backbone trained (from ImageNet) on ")
+             + f"{t['maps']['views']} views per training crop (the crop + the paper's augmentation policy "
+             f"`{t['maps']['augment']}`); {'later blocks + ' if t['maps']['train_from'] else ''}head trained with "
+             f"Adam lr {t['train']['lr']}, batch {t['train']['batch_size']}, {metrics['epochs_run']} epochs, "
+             f"{metrics['train_seconds']} s on {t.get('device', 'cpu')}.",
              f"- DANN options: {t['train'].get('dann') or 'defaults'} (lambda = 2/(1+exp(-10 p)) - 1 by default)."
              if run.objective == "dann" else "- Epoch kept: best source validation macro F1.",
              f"- Command: `{command or 'bloodsmear bench domains configs/domains/<pair>.yaml'}`", "",

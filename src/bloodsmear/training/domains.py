@@ -28,7 +28,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bloodsmear.training.domain_runs import MapSettings, RunSettings, RunSpec, prepare_domains, train_run
@@ -55,6 +55,8 @@ class DomainsConfig:
     stain_reference: str = "A"  # the domain whose stain statistics the stain runs normalise to
     tsne_max_per_domain: int = 300
     threads: int = 1
+    device: str = "cpu"  # where runs train: cpu | cuda | auto (crops and cached maps stay on the CPU)
+    seeds: list[int] | None = None  # repeat every run with these training seeds (runs/seed<k>/); tables add mean/sd
     out_dir: str = "runs/domains/pbc_lisc"
     cache_dir: str | None = None  # None -> ~/.cache/bloodsmear/domains
 
@@ -139,15 +141,22 @@ def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | 
 
     write_json_atomic(out / "domains_config.json", cfg.to_dict())
     write_json_atomic(out / "splits.json", prep.manifests, indent=1)
-    results = {}
-    for r in runs:
-        log.info("run %s: train on %s, %s%s%s", r.id, "+".join(r.train), r.objective,
-                 f", target {r.target}" if r.target else "", ", stain-normalised" if r.stain else "")
-        results[r.id] = train_run(r, prep, ms, rs, out / "runs", cache, progress=progress)
     names = {k: c.name for k, c in prep.crops.items()}
-    rows = table_rows(results, names)
+    rows, first = [], None
+    for seed in (cfg.seeds or [rs.seed]):
+        rs_seed = replace(rs, seed=int(seed))
+        run_dir = out / "runs" if not cfg.seeds else out / "runs" / f"seed{seed}"
+        results = {}
+        for r in runs:
+            log.info("run %s (seed %d): train on %s, %s%s%s", r.id, seed, "+".join(r.train), r.objective,
+                     f", target {r.target}" if r.target else "", ", stain-normalised" if r.stain else "")
+            results[r.id] = train_run(r, prep, ms, rs_seed, run_dir, cache, progress=progress, device=cfg.device)
+        rows += [{**row, "seed": seed} for row in table_rows(results, names)]
+        first = first or results
+    if cfg.seeds and len(cfg.seeds) > 1:
+        rows += mean_rows(rows)
     files = write_tables(rows, out, names)
-    files += figures(results, out, names, classes, cfg.tsne_max_per_domain)
+    files += figures(first, out, names, classes, cfg.tsne_max_per_domain)
     write_json_atomic(out / "results.json", {"rows": rows, "domains": names, "classes": classes})
     return DomainsResult(rows=rows, out_dir=out, seconds=time.perf_counter() - t0, files=files)
 
@@ -175,8 +184,25 @@ def table_rows(results: dict[str, dict], names: dict[str, str]) -> list[dict]:
     return rows
 
 
-COLUMNS = ("run", "method", "trained_on", "target", "tested_on", "n", "macro_precision", "macro_recall", "macro_f1",
-           "accuracy", "epochs", "train_seconds")
+COLUMNS = ("run", "method", "trained_on", "target", "tested_on", "seed", "n", "macro_precision", "macro_recall",
+           "macro_f1", "macro_f1_sd", "accuracy", "epochs", "train_seconds")
+
+
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """One row per (run, tested_on) over several seeds: metrics averaged, `macro_f1_sd` their sample sd."""
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["run"], r["tested_on"]), []).append(r)
+    out = []
+    for grp in groups.values():
+        f1 = np.array([g["macro_f1"] for g in grp], dtype=float)
+        out.append({**grp[0], "seed": f"mean of {len(grp)}",
+                    **{m: round(float(np.mean([g[m] for g in grp])), 2) for m in METRICS},
+                    "macro_f1_sd": round(float(f1.std(ddof=1)), 2) if len(grp) > 1 else 0.0,
+                    "train_seconds": round(float(np.mean([g["train_seconds"] for g in grp])), 1)})
+    return out
 
 
 def write_tables(rows: list[dict], out: Path, names: dict[str, str]) -> list[str]:
@@ -198,7 +224,7 @@ def write_tables(rows: list[dict], out: Path, names: dict[str, str]) -> list[str
         md = [f"# {title}", "", f"Domains: {', '.join(f'{k} = {v}' for k, v in names.items())}. "
               "Metrics in %, macro averages over the common classes, on each domain's held-out test split.", "",
               "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        md += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in sel]
+        md += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in sel]
         write_text_atomic(out / f"{t}.md", "\n".join(md) + "\n")
         files += [str(out / f"{t}.csv"), str(out / f"{t}.md")]
     return files
@@ -278,6 +304,9 @@ def plot_dann_curves(history: list[dict], dest: Path, *, title: str = "") -> Pat
 
 def summary(rows: list[dict]) -> dict:
     """Headline figures for `--json`: macro F1 per run and tested domain."""
+    seeds = {r.get("seed") for r in rows}
+    if len(seeds) > 1:  # several seeds: the mean rows
+        return {f"{r['run']}@{r['tested_on']}": r["macro_f1"] for r in rows if str(r.get("seed", "")).startswith("mean")}
     return {f"{r['run']}@{r['tested_on']}": r["macro_f1"] for r in rows}
 
 

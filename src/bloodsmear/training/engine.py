@@ -40,10 +40,37 @@ def _cycle(loader: Iterable):
         yield from loader
 
 
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; otherwise the named device ("cpu", "cuda", "cuda:1")."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def to_device(batch, device: torch.device | None):
+    """A batch (tensor, or tuple/list of tensors) moved to `device` (unchanged when None or already there)."""
+    if device is None or batch is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
 def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: torch.optim.Optimizer, *,
                     scheduler=None, target_loader=None, epoch: int = 0, classes: Sequence[str] | None = None,
-                    progress: bool = True, max_grad_norm: float | None = None) -> dict[str, float]:
-    """Train for one pass over `loader`; returns the epoch's mean logs plus accuracy/macro precision."""
+                    progress: bool = True, max_grad_norm: float | None = None,
+                    device: torch.device | None = None) -> dict[str, float]:
+    """Train for one pass over `loader`; returns the epoch's mean logs plus accuracy/macro precision.
+
+    Loaders yield CPU tensors; with `device` each batch is moved there (model and objective must be there).
+    """
     from tqdm import tqdm
 
     model.train()
@@ -61,6 +88,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: t
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
     for batch in bar:
         tb = next(target_iter) if target_iter is not None else None
+        batch, tb = to_device(batch, device), to_device(tb, device)
         out = objective(model, batch, tb)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"non-finite loss {float(out.loss)} at epoch {epoch + 1}")
@@ -90,23 +118,25 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: t
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader, *, progress: bool = False,
+            device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (N, C), labels (N,)) over a loader; labels are -1 where the loader has none."""
     from tqdm import tqdm
 
     model.eval()
     probs, ys = [], []
     for x, y in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        probs.append(torch.softmax(model(x).float(), 1).numpy())
+        probs.append(torch.softmax(model(to_device(x, device)).float(), 1).cpu().numpy())
         ys.append(y.numpy())
     if not probs:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
     return np.concatenate(probs), np.concatenate(ys)
 
 
-def evaluate(model: nn.Module, loader, classes: Sequence[str], *, progress: bool = False) -> EvalResult:
+def evaluate(model: nn.Module, loader, classes: Sequence[str], *, progress: bool = False,
+             device: torch.device | None = None) -> EvalResult:
     """Score a model on a labelled loader: metrics report, mean cross-entropy, probabilities."""
-    probs, y = predict(model, loader, progress=progress)
+    probs, y = predict(model, loader, progress=progress, device=device)
     if len(y) == 0:
         raise ValueError("evaluate: the loader is empty")
     pred = probs.argmax(1)
@@ -122,4 +152,4 @@ def take(loader, n_batches: int):
     return list(itertools.islice(iter(loader), n_batches))
 
 
-__all__ = ["train_one_epoch", "evaluate", "predict", "EvalResult", "take"]
+__all__ = ["train_one_epoch", "evaluate", "predict", "EvalResult", "take", "resolve_device", "to_device"]

@@ -90,10 +90,11 @@ def extract_maps(tail: TailModel, images: np.ndarray, mean: Sequence[float], std
 
     from bloodsmear.training.data import to_tensor
 
+    dev = next(tail.parameters()).device  # the trunk runs where the model is; maps are kept on the CPU
     outs = []
     for b in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         x = to_tensor(images[b:b + batch_size], mean, std, channels_last=False)
-        outs.append(tail.trunk(x).to(torch.float16))
+        outs.append(tail.trunk(x.to(dev)).to(torch.float16).cpu())
     return torch.cat(outs) if outs else torch.empty(0)
 
 

@@ -113,7 +113,7 @@ def _rng_state() -> dict:
 def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, *, epochs: int, classes: list[str],
         scheduler=None, target_loader=None, checkpoint: str | Path | None = None, patience: int | None = None,
         max_minutes: float | None = None, progress: bool = True, extra_state: dict | None = None,
-        on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[dict], None] | None = None, device: torch.device | None = None) -> FitResult:
     """Train for up to `epochs`, evaluating on `val_loader` (may be None) after each epoch.
 
     Checkpoints (model, optimizer, scheduler, objective, history, best weights, elapsed time) are written
@@ -143,12 +143,12 @@ def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, 
             objective.on_epoch_start(epoch, epochs)
         t0 = time.perf_counter()
         tr = train_one_epoch(model, objective, train_loader, optimizer, scheduler=scheduler, target_loader=target_loader,
-                             epoch=epoch, classes=classes, progress=progress)
+                             epoch=epoch, classes=classes, progress=progress, device=device)
         train_s = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_seconds": round(train_s, 2)}
         row.update({f"train_{k}": v for k, v in tr.items()})
         if val_loader is not None:
-            ev = evaluate(model, val_loader, classes)
+            ev = evaluate(model, val_loader, classes, device=device)
             row.update(val_loss=ev.loss, val_accuracy=ev.report.accuracy, val_precision=ev.report.macro_precision,
                        val_recall=ev.report.macro_recall, val_f1=ev.report.macro_f1)
             if ev.report.macro_f1 >= best_f1:  # ties: the later epoch
