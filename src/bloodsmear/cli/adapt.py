@@ -15,9 +15,10 @@ def adapt_cmd(
     target: Path = typer.Option(..., "--target", help="Folder of the new lab's images (no labels needed)."),
     out: Path = typer.Option(..., "--out", help="Folder for the adapted model (config, weights, card)."),
     fields: bool = typer.Option(False, "--fields/--crops",
-                                help="Target images are fields with one WBC each (located and cropped) "
-                                     "instead of single-cell crops."),
-    crop_side: int = typer.Option(160, "--crop-side", help="--fields: square side (px) cut around the WBC."),
+                                help="Target images are smear fields (every WBC the pipeline's segmenter finds "
+                                     "is cut as `analyze` cuts it) instead of single-cell crops."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", help="--fields: pipeline config whose segmenter "
+                                           "and crop framing cut the WBCs (default: the shipped one)."),
     source: Optional[Path] = typer.Option(None, "--source", help="Labelled class-per-folder source crops "
                                           "(default: the model's own training data under BLOODSMEAR_DATA)."),
     max_per_class: Optional[int] = typer.Option(None, "--max-per-class",
@@ -26,8 +27,11 @@ def adapt_cmd(
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(3e-4, "--lr"),
     train_from: int = typer.Option(17, "--train-from", help="First trainable backbone block (lower ones frozen)."),
+    max_source_drop: float = typer.Option(0.01, "--max-source-drop", help="Keep the latest epoch whose source "
+                                          "validation macro F1 is at most this below the unadapted model's."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
@@ -36,14 +40,16 @@ def adapt_cmd(
     from bloodsmear.training.adapt import adapt_model
 
     try:
-        res = adapt_model(model, target, out, fields=fields, crop_side=crop_side, source=source, epochs=epochs,
+        res = adapt_model(model, target, out, fields=fields, pipeline=pipeline, source=source, epochs=epochs,
                           batch_size=batch_size, lr=lr, train_from=train_from, seed=seed, threads=threads,
-                          max_per_class=max_per_class, progress=progress)
+                          max_per_class=max_per_class, max_source_drop=max_source_drop, device=device,
+                          progress=progress)
     except BloodsmearError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     d = res.to_dict()
-    rows = [("out_dir", d["out_dir"]), ("source train crops", d["n_source_train"]), ("target images", d["n_target"]),
+    rows = [("out_dir", d["out_dir"]), ("source train crops", d["n_source_train"]), ("target crops", d["n_target"]),
+            ("epoch kept", d["kept_epoch"]),
             ("skipped target files", d["skipped"]), ("train seconds", d["train_seconds"])]
     rows += [(f"source test {k} before -> after", f"{d['source_test_before'][k]:.4f} -> {d['source_test_after'][k]:.4f}")
              for k in ("macro_f1", "accuracy")]

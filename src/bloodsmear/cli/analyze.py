@@ -62,6 +62,8 @@ def evaluate(
     rescale: float = typer.Option(1.0, "--rescale", help="Resize every field (and its annotations) by this "
                                                            "factor first: magnification robustness."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N images."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Take the split from this split manifest "
+                                            "(e.g. a model folder's split.json; --split names the part, default test)."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """Detection, segmentation and classification figures of a pipeline against annotations."""
@@ -71,7 +73,7 @@ def evaluate(
         _fail(ValueError("give --pipeline or --segmenter, not both"))
     try:
         report = evaluate_pipeline(dataset, pipeline=pipeline, segmenter=segmenter, split=split, fmt=fmt,
-                                   scale=scale, rescale=rescale, limit=limit)
+                                   scale=scale, rescale=rescale, limit=limit, manifest=manifest)
     except BloodsmearError as e:
         _fail(e)
     figs = report["figures"]

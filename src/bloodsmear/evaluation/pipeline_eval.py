@@ -30,8 +30,28 @@ from bloodsmear.types import AnnotatedImage, Cell, Dataset
 log = logging.getLogger(__name__)
 
 
-def select_split(ds: Dataset, split: str | None) -> tuple[list[AnnotatedImage], str]:
-    """The images of `split` (default: "test" where the dataset has an official split, else all)."""
+def select_split(ds: Dataset, split: str | None, manifest: str | Path | None = None) -> tuple[list[AnnotatedImage], str]:
+    """The images of `split` (default: "test" where the dataset has an official split, else all).
+
+    With `manifest` (a split manifest JSON, e.g. a model folder's split.json), the split comes from it
+    (default: its "test" part), matched on paths relative to the dataset root, so a model is scored on
+    images it never saw."""
+    if manifest is not None:
+        import json
+
+        try:
+            parts = json.loads(Path(manifest).read_text())["splits"]
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(manifest, f"not a readable split manifest ({e})") from None
+        name = split or "test"
+        if name not in parts:
+            raise InputError(manifest, f"manifest has no split {name!r} (splits: {', '.join(sorted(parts))})")
+        rels = {(e["path"] if isinstance(e, dict) else str(e)) for e in parts[name]}
+        sel = [im for im in ds.images if Path(im.path).relative_to(ds.root).as_posix() in rels]
+        if len(sel) < len(rels):
+            log.warning("%d of the manifest's %d %s images are not in %s", len(rels) - len(sel), len(rels), name,
+                        ds.root)
+        return sel, f"{name} of {Path(manifest).name}"
     if split is None:
         split = "test" if "test" in ds.splits else "all"
     if split == "all":
@@ -94,13 +114,13 @@ def _load_pipeline(pipeline, segmenter):
 
 def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter: str | None = None,
                       split: str | None = None, fmt: str = "auto", scale: str | float = "auto",
-                      rescale: float = 1.0, limit: int | None = None) -> dict:
+                      rescale: float = 1.0, limit: int | None = None, manifest: str | Path | None = None) -> dict:
     """Run the pipeline over the dataset's split and score it (see the module doc)."""
     from bloodsmear.data import load_dataset
     from bloodsmear.evaluation.detection import WBC_LABELS, evaluate_detection, match_cells
 
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, fmt)
-    images, split = select_split(ds, split)
+    images, split = select_split(ds, split, manifest)
     if limit:
         images = images[:limit]
     if not images:

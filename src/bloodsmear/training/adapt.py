@@ -4,12 +4,18 @@
 
 Source = the model's own training data (its split manifest / training config, found under the data
 root `BLOODSMEAR_DATA`), or `source=` a class-per-folder of labelled crops. Target = a folder of
-single-WBC crops, or (`fields=True`) of fields with one WBC each, located by stain contrast
-(`domain_data.locate_wbc`) and cut as a `crop_side` square. Target images carry no labels and none
-are needed. The model starts from its own weights; the top blocks (from `train_from`) and the head
-train with the `dann` objective in the one engine (`trainer.fit`), the lower blocks stay frozen (their
-maps are cached). The new folder holds the adapted model, its card, the source test metrics before
-and after, and the predicted class mix of the target images before and after.
+single-WBC crops, or (`fields=True`) of smear fields, whose WBCs are cut by the pipeline's own
+segmenter and crop stage (`inference.export.field_crops`: what `analyze` feeds the classifiers).
+Target images carry no labels and none are needed. A model that carries a stain normaliser
+(`color_normalization`) sees source and target crops normalised as at inference. The model starts from
+its own weights; the blocks from `train_from` on and the head train with the `dann` objective in the
+one engine (`trainer.fit`), lower blocks stay frozen (their maps are cached).
+
+Keeping the source: after every epoch the source validation split is scored; the epoch kept is the
+latest whose source-validation macro F1 is at most `max_source_drop` below the unadapted model's
+(none such: the best one), so adaptation does not buy the target at the source's expense. The new
+folder holds the adapted model, its card, the source test metrics before and after, and the predicted
+class mix of the target images before and after.
 """
 
 from __future__ import annotations
@@ -39,25 +45,34 @@ class AdaptResult:
     target_mix_before: dict
     target_mix_after: dict
     train_seconds: float
+    kept_epoch: int = 0  # the epoch whose weights were kept (0: none, the unadapted model)
 
     def to_dict(self) -> dict:
         return {"out_dir": str(self.out_dir), "n_source_train": self.n_source_train, "n_target": self.n_target,
                 "skipped": len(self.skipped), "source_test_before": self.source_test_before,
                 "source_test_after": self.source_test_after, "target_mix_before": self.target_mix_before,
-                "target_mix_after": self.target_mix_after, "train_seconds": round(self.train_seconds, 1)}
+                "target_mix_after": self.target_mix_after, "train_seconds": round(self.train_seconds, 1),
+                "kept_epoch": self.kept_epoch}
 
 
-def read_target(folder: str | Path, size: int, *, fields: bool = False, crop_side: int = 160,
+def read_target(folder: str | Path, size: int, *, fields: bool = False, pipeline: str | Path | None = None,
                 crop_fraction: float = 1.0) -> tuple[np.ndarray, list[str], list[str]]:
-    """(crops (N, size, size, 3), relative paths, skipped messages) of every image below `folder`."""
+    """(crops (N, size, size, 3), relative paths, skipped messages) of every image below `folder`.
+
+    `fields`: the images are fields; every WBC the segmenter of `pipeline` (None: the shipped default)
+    finds is one crop (path `<image>#<k>`)."""
     from bloodsmear.io import list_images, read_image
     from bloodsmear.training.data import fit_image
-    from bloodsmear.training.domain_data import crop_square, locate_wbc, resize_square
 
     folder = Path(folder)
     if not folder.exists():
         raise InputError(folder, "no such target folder")
     crops, paths, skipped = [], [], []
+    pipe = None
+    if fields:
+        from bloodsmear.inference.export import field_crops, segmenting_pipeline
+
+        pipe = segmenting_pipeline(pipeline)
     for p in list_images(folder):
         rel = p.relative_to(folder).as_posix() if p != folder else p.name
         if any(part.startswith(".") for part in Path(rel).parts):
@@ -68,17 +83,20 @@ def read_target(folder: str | Path, size: int, *, fields: bool = False, crop_sid
         except InputError as e:
             skipped.append(str(e))
             continue
-        if fields:
-            loc = locate_wbc(rgb)
-            if loc is None:
-                skipped.append(f"{rel}: no WBC found")
+        if pipe is not None:
+            try:
+                _, _, cut, _ = field_crops(pipe, rgb, name=rel, path=p)
+            except InputError as e:
+                skipped.append(str(e))
                 continue
-            big = int(round(size / max(crop_fraction, 1e-3)))
-            crops.append(fit_image(resize_square(crop_square(rgb, loc[0], loc[1], crop_side), big), size,
-                                   crop_fraction))
+            if not cut:
+                skipped.append(f"{rel}: no WBC found")
+            for k, c in enumerate(cut):
+                crops.append(fit_image(c, size, crop_fraction))
+                paths.append(f"{rel}#{k}")
         else:
             crops.append(fit_image(rgb, size, crop_fraction))
-        paths.append(rel)
+            paths.append(rel)
     for s in skipped:
         log.warning("target: skipped %s", s)
     if not crops:
@@ -110,11 +128,11 @@ def _manifest_for(folder: Path, info) -> dict | None:
 
 
 def source_data(info, folder: Path, source: str | Path | None = None, *, max_per_class: int | None = None,
-                seed: int = 0):
-    """(train crops, train labels, test crops, test labels) of the model's own labelled source domain.
+                seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train"|"val"|"test": (crops, labels)} of the model's own labelled source domain.
 
-    The model's recorded split manifest decides train/test (so the source test images are ones it never
-    trained on); without one, a seeded 64-16-20 split. `max_per_class` subsamples both (test: half).
+    The model's recorded split manifest decides the parts (so the source val/test images are ones it never
+    trained on); without one, a seeded 64-16-20 split. `max_per_class` subsamples all (val, test: half).
     """
     from bloodsmear.data.splits import SplitManifest
     from bloodsmear.settings import data_root
@@ -146,19 +164,19 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
     dom = build_domain(spec, classes, cache_dir=_cache_dir() if source is None else None)
     if manifest is not None:
         m = SplitManifest(**{k: v for k, v in manifest.items() if k in SplitManifest.__dataclass_fields__})
-        member = {s: set(m.paths(s)) for s in ("train", "test")}
-        tr = np.array([i for i, g in enumerate(dom.groups) if g in member["train"]], dtype=int)
-        te = np.array([i for i, g in enumerate(dom.groups) if g in member["test"]], dtype=int)
+        member = {s: set(m.paths(s)) if s in m.splits else set() for s in ("train", "val", "test")}
+        parts = {s: np.array([i for i, g in enumerate(dom.groups) if g in member[s]], dtype=int) for s in member}
     else:
         parts, _m = split_domain(dom, scheme="64-16-20", seed=42)
-        tr, te = parts["train"], parts["test"]
-    if len(tr) == 0 or len(te) == 0:
-        raise InputError(root, "the model's split manifest matches none of the source images")
-    tr = _subsample_idx(tr, dom.labels, max_per_class, seed)
-    te = _subsample_idx(te, dom.labels, max_per_class // 2 if max_per_class else None, seed)
-    imgs = dom.images[np.concatenate([tr, te])]
-    imgs = np.stack([fit_image(im, info.input_size, info.crop_fraction) for im in imgs])  # the model's framing
-    return imgs[:len(tr)], dom.labels[tr], imgs[len(tr):], dom.labels[te]
+    if any(len(parts.get(s, ())) == 0 for s in ("train", "val", "test")):
+        raise InputError(root, "the model's split manifest leaves a source part (train/val/test) empty here")
+    out = {}
+    for s in ("train", "val", "test"):
+        idx = _subsample_idx(parts[s], dom.labels, (max_per_class if s == "train" else max(1, max_per_class // 2))
+                             if max_per_class else None, seed)
+        out[s] = (np.stack([fit_image(im, info.input_size, info.crop_fraction) for im in dom.images[idx]]),
+                  dom.labels[idx])  # the model's framing
+    return out
 
 
 def _cache_dir() -> Path:
@@ -167,24 +185,24 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "domains"
 
 
-def _mix(tail, maps: torch.Tensor, classes: list[str]) -> dict:
+def _mix(tail, maps: torch.Tensor, classes: list[str], device=None) -> dict:
     from bloodsmear.training.engine import predict
     from bloodsmear.training.feature_cache import MapLoader
 
-    probs, _ = predict(tail, MapLoader(maps, None, batch_size=256, shuffle=False))
+    probs, _ = predict(tail, MapLoader(maps, None, batch_size=256, shuffle=False), device=device)
     counts = np.bincount(probs.argmax(1), minlength=len(classes))
     return {c: int(n) for c, n in zip(classes, counts)}
 
 
 def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, fields: bool = False,
-                crop_side: int = 160, source: str | Path | None = None, epochs: int = 15, batch_size: int = 32,
-                lr: float = 3e-4, train_from: int = 17, views: int = 4, seed: int = 0, threads: int = 1,
-                max_per_class: int | None = None,
-                dann: dict | None = None, progress: bool = True) -> AdaptResult:
+                pipeline: str | Path | None = None, source: str | Path | None = None, epochs: int = 15,
+                batch_size: int = 32, lr: float = 3e-4, train_from: int = 17, views: int = 4, seed: int = 0,
+                threads: int = 1, max_per_class: int | None = None, max_source_drop: float | None = 0.01,
+                dann: dict | None = None, device: str = "cpu", progress: bool = True) -> AdaptResult:
     from bloodsmear.io import write_json_atomic, write_text_atomic
     from bloodsmear.models.artifact import load_model, save_model
     from bloodsmear.preprocess.augment_paper import PaperPolicy
-    from bloodsmear.training.engine import evaluate
+    from bloodsmear.training.engine import evaluate, resolve_device
     from bloodsmear.training.feature_cache import MapLoader, TailModel, cached_views
     from bloodsmear.training.objectives import build_objective
     from bloodsmear.training.trainer import fit
@@ -197,48 +215,100 @@ def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, f
     info, model = copy.deepcopy(loaded.info), loaded.model
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    xt, tpaths, skipped = read_target(target, info.input_size, fields=fields, crop_side=crop_side,
+    xt, tpaths, skipped = read_target(target, info.input_size, fields=fields, pipeline=pipeline,
                                       crop_fraction=info.crop_fraction)
-    xs, ys, xte, yte = source_data(info, loaded.path, source, max_per_class=max_per_class, seed=seed)
+    parts = source_data(info, loaded.path, source, max_per_class=max_per_class, seed=seed)
+    if info.color_normalization:  # what the model sees at inference (`CellClassifier`)
+        from bloodsmear.preprocess.color import ReinhardNormalizer
+
+        norm = ReinhardNormalizer.from_dict(info.color_normalization)
+        xt = np.stack([norm(x) for x in xt])
+        parts = {k: (np.stack([norm(x) for x in v[0]]), v[1]) for k, v in parts.items()}
+    (xs, ys), (xva, yva), (xte, yte) = parts["train"], parts["val"], parts["test"]
     log.info("adapting %s: %d labelled source crops, %d unlabelled target crops (%d skipped)", loaded.path,
              len(ys), len(xt), len(skipped))
-    tail = TailModel(model, train_from)
+    dev = resolve_device(device)
+    tail = TailModel(model, train_from).to(dev)
     mk = dict(mean=info.mean, std=info.std)
     pol = PaperPolicy()
     src = cached_views(tail, xs, policy=pol, views=views, seed=seed, progress=progress, **mk)
     tgt = cached_views(tail, xt, policy=pol, views=views, seed=seed + 1, progress=progress, **mk)
-    src_test = cached_views(tail, xte, policy=None, views=1, seed=0, **mk)
-    test_loader = MapLoader(src_test, yte, batch_size=256, shuffle=False)
-    before = evaluate(tail, test_loader, info.classes).report
-    mix_before = _mix(tail, tgt[:, :1], info.classes)
+    val_loader = MapLoader(cached_views(tail, xva, policy=None, views=1, seed=0, **mk), yva, batch_size=256,
+                           shuffle=False)
+    test_loader = MapLoader(cached_views(tail, xte, policy=None, views=1, seed=0, **mk), yte, batch_size=256,
+                            shuffle=False)
+    before = evaluate(tail, test_loader, info.classes, device=dev).report
+    val_before = evaluate(tail, val_loader, info.classes, device=dev).report.macro_f1
+    mix_before = _mix(tail, tgt[:, :1], info.classes, dev)
 
     bs = min(batch_size, len(ys), len(xt))
     train_loader = MapLoader(src, ys, batch_size=bs, shuffle=True, seed=seed, drop_last=True)
     target_loader = MapLoader(tgt, None, batch_size=bs, shuffle=True, seed=seed + 1, drop_last=True)
     objective = build_objective("dann", feature_dim=model.backbone.feature_dim, steps_per_epoch=len(train_loader),
-                                **(dann or {}))
+                                **(dann or {})).to(dev)
     params = [p for p in tail.parameters() if p.requires_grad] + list(objective.parameters())
     opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-4)
+    keeper = _SourceKeeper(tail, val_loader, info.classes, val_before, max_source_drop, dev)
     t0 = time.perf_counter()
     fr = fit(tail, objective, train_loader, None, opt, epochs=epochs, classes=list(info.classes),
-             target_loader=target_loader, checkpoint=out / "checkpoint.pt", progress=progress)
+             target_loader=target_loader, checkpoint=out / "checkpoint.pt", progress=progress,
+             on_epoch_end=keeper, device=dev)
     secs = time.perf_counter() - t0
-    after = evaluate(tail, test_loader, info.classes).report
-    mix_after = _mix(tail, tgt[:, :1], info.classes)
+    kept = keeper.restore()
+    after = evaluate(tail, test_loader, info.classes, device=dev).report
+    mix_after = _mix(tail, tgt[:, :1], info.classes, dev)
+    tail.to("cpu")
 
     info.name = f"{info.name or Path(loaded.path).name}-adapted-{Path(target).name}"
     info.training = {"kind": "adapt", "adapted_from": str(loaded.path), "base_training": info.training,
-                     "target_folder": str(Path(target).resolve()), "fields": fields, "crop_side": crop_side,
-                     "n_target": len(xt), "epochs": epochs, "batch_size": bs, "lr": lr, "train_from": train_from,
-                     "views": views, "seed": seed, "max_per_class": max_per_class, "dann": dann or {}}
+                     "target_folder": str(Path(target).resolve()), "fields": fields,
+                     "pipeline": None if pipeline is None else str(pipeline), "n_target": len(xt), "epochs": epochs,
+                     "batch_size": bs, "lr": lr, "train_from": train_from, "views": views, "seed": seed,
+                     "max_per_class": max_per_class, "max_source_drop": max_source_drop, "kept_epoch": kept,
+                     "source_val_f1_before": val_before, "dann": dann or {}, "device": str(dev)}
     metrics = {"test": after.to_dict(), "source_test_before": before.to_dict(), "target_mix_before": mix_before,
-               "target_mix_after": mix_after, "train_seconds": round(secs, 1), "epochs_run": fr.epochs_run}
+               "target_mix_after": mix_after, "train_seconds": round(secs, 1), "epochs_run": fr.epochs_run,
+               "kept_epoch": kept, "source_val_f1": keeper.scores}
     save_model(model, out, info, history=fr.history, metrics=metrics)
     write_json_atomic(out / "target_files.json", {"paths": tpaths, "skipped": skipped})
     write_text_atomic(out / "card.md", _card(info, before, after, mix_before, mix_after, len(ys), len(xt),
                                              len(skipped), secs, loaded.path, target))
     (out / "checkpoint.pt").unlink(missing_ok=True)
-    return AdaptResult(out, len(ys), len(xt), skipped, before.headline(), after.headline(), mix_before, mix_after, secs)
+    return AdaptResult(out, len(ys), len(xt), skipped, before.headline(), after.headline(), mix_before, mix_after, secs,
+                       kept)
+
+
+class _SourceKeeper:
+    """`fit`'s epoch callback: scores the source validation split and remembers the weights of the latest
+    epoch within `max_drop` of the unadapted model's macro F1 (else of the best epoch); `restore()` loads
+    them and returns that epoch (0 = the unadapted model, when no epoch is kept)."""
+
+    def __init__(self, tail, val_loader, classes, f1_before: float, max_drop: float | None, device):
+        self.tail, self.val_loader, self.classes, self.device = tail, val_loader, list(classes), device
+        self.f1_before, self.max_drop = float(f1_before), max_drop
+        self.scores: list[float] = []
+        self.state, self.epoch, self.best = None, 0, (-1.0, 0, None)
+
+    def __call__(self, row: dict) -> None:
+        from bloodsmear.training.engine import evaluate
+
+        f1 = evaluate(self.tail, self.val_loader, self.classes, device=self.device).report.macro_f1
+        row["source_val_f1"] = f1
+        self.scores.append(f1)
+        snap = {k: v.detach().clone() for k, v in self.tail.state_dict().items()}
+        if self.max_drop is None or f1 >= self.f1_before - self.max_drop:
+            self.state, self.epoch = snap, int(row["epoch"])
+        if f1 > self.best[0]:
+            self.best = (f1, int(row["epoch"]), snap)
+
+    def restore(self) -> int:
+        if self.state is None and self.best[2] is not None:
+            log.warning("no epoch kept the source validation macro F1 within %.3f of %.4f; keeping the best (epoch %d, "
+                        "%.4f)", self.max_drop or 0.0, self.f1_before, self.best[1], self.best[0])
+            self.state, self.epoch = self.best[2], self.best[1]
+        if self.state is not None:
+            self.tail.load_state_dict(self.state)
+        return self.epoch
 
 
 def _card(info, before, after, mix_b, mix_a, n_src, n_tgt, n_skip, secs, base, target) -> str:
@@ -248,7 +318,10 @@ def _card(info, before, after, mix_b, mix_a, n_src, n_tgt, n_skip, secs, base, t
 `{base}` adapted with DANN (gradient reversal, Ganin & Lempitsky 2015) to the unlabelled images of
 `{target}` ({n_tgt} used, {n_skip} skipped). Source: the model's own labelled training data ({n_src} crops).
 Classes: {', '.join(info.classes)}. Input: {info.input_size} px, mean {info.mean}, std {info.std}.
-Command: `bloodsmear adapt --model {base} --target {target} --out <this folder>`; {secs:.0f} s on CPU.
+Command: `bloodsmear adapt --model {base} --target {target} --out <this folder>`; {secs:.0f} s on
+{info.training.get("device", "cpu")}. Epoch kept: {info.training.get("kept_epoch")} (the latest within
+{info.training.get("max_source_drop")} of the source validation macro F1 before adaptation,
+{info.training.get("source_val_f1_before", 0.0):.4f}).
 
 ## Source test split (labelled), before -> after
 
