@@ -36,7 +36,7 @@ def test_shipped_model_on_a_lisc_field_in_original_pixels(data_root):
     before = rgb.copy()
     res = Pipeline.segmenter_only(MODEL).detect(rgb)
     assert np.array_equal(rgb, before)
-    assert 1 <= len(res.cells) <= 2  # LISC: the WBC (plus, on ~17 % of fields, a platelet clump or red cell)
+    assert 1 <= len(res.cells) <= 2  # LISC: the WBC (a few fields hold a second real WBC)
     top = max(res.cells, key=lambda c: c.score)
     x1, y1, x2, y2 = top.box
     assert 0 <= x1 < x2 <= rgb.shape[1] and 0 <= y1 < y2 <= rgb.shape[0]
