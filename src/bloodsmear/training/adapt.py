@@ -280,14 +280,15 @@ def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, f
 
 class _SourceKeeper:
     """`fit`'s epoch callback: scores the source validation split and remembers the weights of the latest
-    epoch within `max_drop` of the unadapted model's macro F1 (else of the best epoch); `restore()` loads
-    them and returns that epoch (0 = the unadapted model, when no epoch is kept)."""
+    epoch within `max_drop` of the unadapted model's macro F1; `restore()` loads them and returns that
+    epoch, or keeps the unadapted weights and returns 0 when no epoch was within the limit."""
 
     def __init__(self, tail, val_loader, classes, f1_before: float, max_drop: float | None, device):
         self.tail, self.val_loader, self.classes, self.device = tail, val_loader, list(classes), device
         self.f1_before, self.max_drop = float(f1_before), max_drop
         self.scores: list[float] = []
-        self.state, self.epoch, self.best = None, 0, (-1.0, 0, None)
+        self.state, self.epoch = None, 0
+        self.original = {k: v.detach().clone() for k, v in tail.state_dict().items()}
 
     def __call__(self, row: dict) -> None:
         from bloodsmear.training.engine import evaluate
@@ -295,19 +296,16 @@ class _SourceKeeper:
         f1 = evaluate(self.tail, self.val_loader, self.classes, device=self.device).report.macro_f1
         row["source_val_f1"] = f1
         self.scores.append(f1)
-        snap = {k: v.detach().clone() for k, v in self.tail.state_dict().items()}
         if self.max_drop is None or f1 >= self.f1_before - self.max_drop:
-            self.state, self.epoch = snap, int(row["epoch"])
-        if f1 > self.best[0]:
-            self.best = (f1, int(row["epoch"]), snap)
+            self.state = {k: v.detach().clone() for k, v in self.tail.state_dict().items()}
+            self.epoch = int(row["epoch"])
 
     def restore(self) -> int:
-        if self.state is None and self.best[2] is not None:
-            log.warning("no epoch kept the source validation macro F1 within %.3f of %.4f; keeping the best (epoch %d, "
-                        "%.4f)", self.max_drop or 0.0, self.f1_before, self.best[1], self.best[0])
-            self.state, self.epoch = self.best[2], self.best[1]
-        if self.state is not None:
-            self.tail.load_state_dict(self.state)
+        if self.state is None:
+            log.warning("no epoch kept the source validation macro F1 within %.3f of %.4f (epochs: %s); keeping the "
+                        "unadapted weights: try a lower --lr or fewer --epochs", self.max_drop or 0.0, self.f1_before,
+                        ", ".join(f"{f:.4f}" for f in self.scores))
+        self.tail.load_state_dict(self.state if self.state is not None else self.original)
         return self.epoch
 
 
