@@ -105,7 +105,7 @@ def export_cell_crops(inputs: Sequence[str | Path], out_dir: str | Path, *, pipe
 
     from bloodsmear.inference.batch import collect_images
     from bloodsmear.io import read_image, write_image_atomic, write_text_atomic
-    from bloodsmear.preprocess.cells import cell_box
+    from bloodsmear.preprocess.cells import cell_box, resize_square
 
     if ext not in ("png", "jpg"):
         raise ValueError(f"ext must be png or jpg, got {ext!r}")
@@ -132,8 +132,6 @@ def export_cell_crops(inputs: Sequence[str | Path], out_dir: str | Path, *, pipe
         names = crop_names(job.name, len(cells), one_per_image, ext)
         for k, (c, crop, rel) in enumerate(zip(cells, crops, names)):
             if size:
-                from bloodsmear.training.domain_data import resize_square
-
                 crop = resize_square(crop, int(size))
             write_image_atomic(out / rel, crop)
             x1, y1, x2, y2 = cell_box(c)

@@ -279,7 +279,7 @@ def run_card(info, run: RunSpec, prep: Prepared, metrics: dict, history: list[di
              (f"- Backbone blocks before {t['maps']['train_from']} frozen (ImageNet), their maps cached for "
               if t['maps']['train_from'] else "- The whole backbone trained (from ImageNet) on ")
              + f"{t['maps']['views']} views per training crop (the crop + the paper's augmentation policy "
-             f"`{t['maps']['augment']}`); {'later blocks + ' if t['maps']['train_from'] else ''}head trained with "
+             f"`{t['maps']['augment']}`); {'later blocks + head' if t['maps']['train_from'] else 'backbone + head'} trained with "
              f"Adam lr {t['train']['lr']}, batch {t['train']['batch_size']}, {metrics['epochs_run']} epochs, "
              f"{metrics['train_seconds']} s on {t.get('device', 'cpu')}.",
              f"- DANN options: {t['train'].get('dann') or 'defaults'} (lambda = 2/(1+exp(-10 p)) - 1 by default)."
