@@ -15,7 +15,8 @@ def bench_analyze_cmd(
     limit: int = typer.Option(None, "--limit", help="Use the first N images."),
     pipeline: str = typer.Option("default", "--pipeline", help="Pipeline config or shipped name to time."),
     compare: str = typer.Option("maskrcnn", "--compare", help="Pipeline to compare with ('' for none)."),
-    compare_limit: int = typer.Option(None, "--compare-limit", help="Use only the first N images for the comparison."),
+    compare_limit: int = typer.Option(None, "--compare-limit", help="Use only the first N images for the comparison "
+                                                                  "(0: no comparison)."),
     photo: bool = typer.Option(False, "--photo", help="Also time a synthetic 4032x3024 photo (fresh process)."),
     photo_source: str = typer.Option(None, "--photo-source", help="Field the photo is made of (default: the first)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays (part of end to end)."),

@@ -149,7 +149,7 @@ def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline:
     d = time_pipeline(pipeline, files, overlays=overlays, workers=workers)
     out.update({"pipeline": pipeline, "fields_per_s": d.fields_per_s, "ms_per_field": d.ms_per_field,
                 "peak_rss_mb": d.peak_rss_mb, "n_cells": d.n_cells, "stage_ms": d.stage_ms, "load_s": d.load_s})
-    if compare:
+    if compare and compare_limit != 0:  # --compare-limit 0: no comparison
         cfiles = files[:compare_limit] if compare_limit else files
         m = time_pipeline(compare, cfiles, overlays=overlays, workers=workers)
         out.update({"compare": compare, "maskrcnn_fields_per_s": m.fields_per_s,
