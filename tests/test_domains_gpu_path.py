@@ -87,10 +87,14 @@ def test_classifier_folder_applies_its_stain_normalisation(tmp_path, rng):
     stained, plain = CellClassifier.load(tmp_path / "stained"), CellClassifier.load(tmp_path / "plain")
     before = [c.copy() for c in crops]
     fitted = stained.fit_batch(crops)
+    normed = stained.normalize_stain(fitted)
     assert all(np.array_equal(a, b) for a, b in zip(crops, before))  # inputs untouched
-    for c, f in zip(crops, fitted):
+    for c, f in zip(crops, normed):
         assert np.array_equal(f, norm(fit_image(c, 32)))
-    assert not np.array_equal(fitted, plain.fit_batch(crops))
+    assert not np.array_equal(normed, fitted) and np.array_equal(plain.normalize_stain(fitted), fitted)
+    # every prediction path (crops of any size, or fitted arrays as `eval-classifier` feeds them) normalises
+    assert np.allclose(stained.predict_proba(crops), plain.predict_fitted(normed), atol=1e-6)
+    assert np.allclose(stained.predict_fitted(fitted), plain.predict_fitted(normed), atol=1e-6)
 
 
 def test_crop_names_and_largest_cell():

@@ -94,14 +94,18 @@ class CellClassifier:
             if c.ndim != 3 or c.shape[2] != 3 or c.dtype != np.uint8:
                 raise InputError(None, f"crop {i}: expected an RGB uint8 (H, W, 3) array, got {c.dtype} {c.shape}")
             out[i] = fit_image(c, s, self.info.crop_fraction)
-            if self._stain is not None:
-                out[i] = self._stain(out[i])
         return out
+
+    def normalize_stain(self, batch: np.ndarray) -> np.ndarray:
+        """The model's stain normalisation (if it has one) of fitted (N, S, S, 3) uint8 images (a new array)."""
+        if self._stain is None:
+            return batch
+        return np.stack([self._stain(im) for im in batch]) if len(batch) else batch
 
     @torch.inference_mode()
     def predict_fitted(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for already-fitted (N, S, S, 3) uint8 images."""
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
+        """Probabilities for already-fitted (N, S, S, 3) uint8 images (stain-normalised here when the model is)."""
+        x = torch.from_numpy(np.ascontiguousarray(self.normalize_stain(batch))).permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         return torch.softmax(self.net(x).float(), dim=1).numpy()
 
