@@ -4,7 +4,6 @@ splits from stored hashes, classifier folders that carry a stain normaliser, and
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -194,7 +194,7 @@ def _read_class_domain(spec: DomainSpec, classes: list[str]) -> tuple[list[np.nd
         raise ValueError(f"crops must be locate or pipeline, got {spec.crops!r}")
     pipe = None
     if spec.name == "lisc" and spec.crops == "pipeline":
-        from bloodsmear.inference.export import segmenting_pipeline
+        from bloodsmear.inference.export import field_crops, segmenting_pipeline
 
         pipe = segmenting_pipeline(spec.pipeline)
     for im in ims:
@@ -205,8 +205,6 @@ def _read_class_domain(spec: DomainSpec, classes: list[str]) -> tuple[list[np.nd
             skipped.append(str(e))
             continue
         if pipe is not None:
-            from bloodsmear.inference.export import field_crops
-
             _, _, cut, _ = field_crops(pipe, rgb, one_per_image=True, name=rel, path=im.path)
             if not cut:
                 skipped.append(f"{rel}: no WBC found")

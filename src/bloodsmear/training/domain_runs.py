@@ -217,8 +217,10 @@ def _log_val(tail, val_loader, classes, device=None):
 
 @torch.no_grad()
 def _features(tail, loader, device=None) -> np.ndarray:
+    from bloodsmear.training.engine import to_device
+
     tail.eval()
-    return np.concatenate([tail.forward_features(x.to(device) if device is not None else x).cpu().numpy()
+    return np.concatenate([tail.forward_features(to_device(x, device)).cpu().numpy()
                            for x, _y in loader]).astype(np.float32)
 
 
