@@ -25,25 +25,34 @@ def test_shipped_adapted_model_loads_and_is_small():
     assert (FOLDER / m.info.weights).stat().st_size < 8_000_000
 
 
-@pytest.mark.realdata
-@pytest.mark.skipif(not FOLDER.is_dir(), reason=f"{NAME} not shipped")
-def test_shipped_adapted_model_on_lisc_test_split(data_root):
+@pytest.fixture(scope="module")
+def lisc_test_crops(data_root):
+    """LISC's test WBCs of the model's split, cut as its training did (the pipeline's crops; built once)."""
     from conftest import need
 
-    from bloodsmear.inference.classify import CellClassifier
+    from bloodsmear.models.artifact import load_model
     from bloodsmear.training.domain_data import DomainSpec, build_domain
 
     need(data_root, "lisc")
-    clf = CellClassifier.load(FOLDER)
-    t = clf.info.training
-    spec = DomainSpec(**{**t["domain_specs"]["B"], "size": clf.info.input_size})
-    dom = build_domain(spec, clf.info.classes)
+    info = load_model(FOLDER).info
+    spec = DomainSpec(**{**info.training["domain_specs"]["B"], "size": info.input_size})
+    dom = build_domain(spec, info.classes)
     test = set(e["path"] for e in json.loads((FOLDER / "split.json").read_text())["splits"]["test"])
     idx = [i for i, g in enumerate(dom.groups) if g in test]
     assert len(idx) == len(test) > 30
-    pred = clf.predict_proba(list(dom.images[idx])).argmax(1)
-    from bloodsmear.evaluation.metrics import classification_report_arrays
+    return dom.images[idx], dom.labels[idx]
 
-    rep = classification_report_arrays(dom.labels[idx], pred, clf.info.classes)
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not FOLDER.is_dir(), reason=f"{NAME} not shipped")
+@pytest.mark.parametrize("tta", ["none", "d8"])
+def test_shipped_adapted_model_on_lisc_test_split(lisc_test_crops, tta):
+    from bloodsmear.evaluation.metrics import classification_report_arrays
+    from bloodsmear.inference.classify import CellClassifier
+
+    images, labels = lisc_test_crops
+    clf = CellClassifier.load(FOLDER, tta=tta)
+    pred = clf.predict_proba(list(images)).argmax(1)
+    rep = classification_report_arrays(labels, pred, clf.info.classes)
     card = json.loads((FOLDER / "metrics.json").read_text())["test_by_domain"]["B"]["macro_f1"]
     assert rep.macro_f1 >= card - 0.05, (rep.macro_f1, card)

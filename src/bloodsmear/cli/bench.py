@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from bloodsmear.cli.common import TTA_HELP, tta_option
+
 app = typer.Typer(help="Benchmarks that print figures (speed, accuracy).", no_args_is_help=True)
 
 # Commands are added below by feature: crop, classify, grid, analyze, domains.
@@ -72,6 +74,9 @@ def bench_domains_cmd(
     only: list[str] = typer.Option(None, "--only", help="Run only these run ids (repeatable), e.g. src_A dann_A_B."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config value, e.g. --set train.epochs=2 "
                                                        "--set device=cuda (repeatable)."),
+    rescore: bool = typer.Option(False, "--rescore", help="No training: score the saved run models of out_dir again "
+                                                          "(with --tta) -> out_dir/tta_<mode>/ tables."),
+    tta: str = typer.Option("d8", "--tta", help="With --rescore: " + TTA_HELP, callback=tta_option),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object (last line)."),
 ) -> None:
     """The paper's Tables 5/6 + stain normalisation across two domains -> CSV + Markdown tables (resumable)."""
@@ -81,7 +86,13 @@ def bench_domains_cmd(
     from bloodsmear.training.domains import load_domains_config, run_domains, summary
 
     try:
-        res = run_domains(load_domains_config(config, parse_overrides(set_)), only=only or None)
+        cfg = load_domains_config(config, parse_overrides(set_))
+        if rescore:
+            from bloodsmear.training.domain_rescore import rescore_domains
+
+            res = rescore_domains(cfg, tta, only=only or None)
+        else:
+            res = run_domains(cfg, only=only or None)
     except BloodsmearError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from bloodsmear.cli.common import emit_json, print_table
+from bloodsmear.cli.common import TTA_HELP, emit_json, print_table, tta_option
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def classify_cmd(
     batch_size: int = typer.Option(256, "--batch-size"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    tta: str = typer.Option("none", "--tta", help=TTA_HELP, callback=tta_option),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (summary) as the last line."),
 ) -> None:
     """Classify single-cell images: class and probabilities per image (bad images reported and skipped)."""
@@ -58,7 +59,7 @@ def classify_cmd(
 
     if threads:
         torch.set_num_threads(threads)
-    res = classify_paths(inputs, model=model, batch_size=batch_size, progress=progress)
+    res = classify_paths(inputs, model=model, batch_size=batch_size, progress=progress, tta=tta)
     if out is not None:
         write_predictions(res, out)
         log.info("wrote %d predictions to %s", len(res.predictions), out)
@@ -88,13 +89,14 @@ def eval_classifier_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", help="Dataset format (default: the model's training format)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score a seeded sample of N images."),
     confusion_png: Optional[Path] = typer.Option(None, "--confusion", help="Write the confusion matrix PNG here."),
+    tta: str = typer.Option("none", "--tta", help=TTA_HELP, callback=tta_option),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Score a classifier: macro P/R/F1, accuracy, per class, confusion matrix."""
     from bloodsmear.evaluation.metrics import plot_confusion
     from bloodsmear.inference.classify import evaluate_model
 
-    ev = evaluate_model(model, dataset, split_manifest=split, split=part, format=fmt, limit=limit)
+    ev = evaluate_model(model, dataset, split_manifest=split, split=part, format=fmt, limit=limit, tta=tta)
     rep = ev.report
     print_table(f"{Path(ev.model).name} on {ev.split} (n={ev.n})", ["class", "precision", "recall", "f1", "support"],
                 [(c, m.precision, m.recall, m.f1, m.support) for c, m in rep.per_class.items()]

@@ -43,3 +43,18 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def tta_option(value: str) -> str:
+    """Typer callback of `--tta`: the mode name, or a usage error listing the valid ones."""
+    import typer
+
+    from bloodsmear.inference.tta import check_tta
+
+    try:
+        return check_tta(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+TTA_HELP = "Test-time augmentation: none | flip | d8 (class probabilities averaged over the crop's mirror images / quarter turns)."

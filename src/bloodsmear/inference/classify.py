@@ -65,8 +65,11 @@ class ClassifyResult:
 class CellClassifier:
     """A loaded classifier folder ready for batched inference on RGB uint8 crops."""
 
-    def __init__(self, loaded: LoadedClassifier, *, optimize: bool = True):
+    def __init__(self, loaded: LoadedClassifier, *, optimize: bool = True, tta: str = "none"):
+        from bloodsmear.inference.tta import check_tta
+
         self.loaded = loaded
+        self.tta = check_tta(tta)  # test-time augmentation: none | flip | d8 (inference/tta.py)
         self.info = loaded.info
         self.classes = list(loaded.info.classes)
         self.net = optimize_for_inference(loaded.model) if optimize else loaded.model.eval()
@@ -102,10 +105,16 @@ class CellClassifier:
             return batch
         return np.stack([self._stain(im) for im in batch]) if len(batch) else batch
 
-    @torch.inference_mode()
     def predict_fitted(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for already-fitted (N, S, S, 3) uint8 images (stain-normalised here when the model is)."""
-        x = torch.from_numpy(np.ascontiguousarray(self.normalize_stain(batch))).permute(0, 3, 1, 2).float()
+        """Probabilities for already-fitted (N, S, S, 3) uint8 images (stain-normalised here when the model is;
+        averaged over the test-time views of `self.tta`)."""
+        from bloodsmear.inference.tta import predict_tta
+
+        return predict_tta(self._forward, self.normalize_stain(batch), self.tta)
+
+    @torch.inference_mode()
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         return torch.softmax(self.net(x).float(), dim=1).numpy()
 
@@ -184,13 +193,14 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]
 
 
 def classify_paths(inputs: Sequence[str | Path], *, model: str | Path | CellClassifier = "default",
-                   batch_size: int = 256, progress: bool = True) -> ClassifyResult:
-    """Classify every image under `inputs`; unreadable images are reported in `skipped`, not fatal."""
+                   batch_size: int = 256, progress: bool = True, tta: str = "none") -> ClassifyResult:
+    """Classify every image under `inputs`; unreadable images are reported in `skipped`, not fatal.
+    `tta`: test-time augmentation of a model given by name/folder (none | flip | d8)."""
     from tqdm import tqdm
 
     from bloodsmear.io import read_image
 
-    clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model)
+    clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model, tta=tta)
     files, skipped = collect_inputs(inputs)
     t0 = time.perf_counter()
     preds: list[CellPrediction] = []
@@ -276,10 +286,11 @@ class ModelEvaluation:
     n: int
     report: object  # ClassificationReport
     skipped_labels: int = 0
+    tta: str = "none"
 
     def to_dict(self) -> dict:
         d = {"model": self.model, "dataset": self.dataset, "split": self.split, "n": self.n,
-             "skipped_labels": self.skipped_labels}
+             "skipped_labels": self.skipped_labels, "tta": self.tta}
         d.update(self.report.headline())
         d["report"] = self.report.to_dict()
         return d
@@ -288,12 +299,13 @@ class ModelEvaluation:
 def evaluate_model(model: str | Path = "default", dataset: str | Path | None = None, *,
                    split_manifest: str | Path | None = None, split: str = "test", format: str | None = None,  # noqa: A002
                    limit: int | None = None, seed: int = 0, batch_size: int = 256,
-                   progress: bool = True) -> ModelEvaluation:
+                   progress: bool = True, tta: str = "none") -> ModelEvaluation:
     """Score a model folder on a labelled dataset: the `split` part of a manifest (default: the model's own
     split.json), or every image when the model has none and no manifest is given.
 
     Images whose label is not one of the model's classes are left out (counted in `skipped_labels`).
-    `limit` scores a seeded sample of that many images.
+    `limit` scores a seeded sample of that many images. `tta`: test-time augmentation of a model given
+    by name/folder (none | flip | d8, see `inference.tta`).
     """
     from bloodsmear.config import resolve_dataset_path
     from bloodsmear.data import load_dataset
@@ -301,7 +313,7 @@ def evaluate_model(model: str | Path = "default", dataset: str | Path | None = N
     from bloodsmear.evaluation.metrics import classification_report_arrays
     from bloodsmear.training.data import load_arrays
 
-    clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model)
+    clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model, tta=tta)
     info = clf.info
     tdata = (info.training or {}).get("data", {})
     ds_ref = dataset if dataset is not None else tdata.get("dataset")
@@ -333,7 +345,7 @@ def evaluate_model(model: str | Path = "default", dataset: str | Path | None = N
     y = np.array([lab for _, lab in keep])
     rep = classification_report_arrays(y, probs.argmax(1), clf.classes)
     return ModelEvaluation(model=str(clf.loaded.path), dataset=str(root), split=where, n=len(keep), report=rep,
-                           skipped_labels=skipped)
+                           skipped_labels=skipped, tta=clf.tta)
 
 
 __all__ = ["CellClassifier", "CellPrediction", "ClassifyResult", "classify_paths", "collect_inputs", "predict_proba",

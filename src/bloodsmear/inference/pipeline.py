@@ -81,6 +81,8 @@ class PipelineConfig:
     crop_frame_rbc: float | None = PBC_FRAME_RBC  # crop side in red-cell diameters (PBC framing); None: box crops
     crop_padding: float | None = None  # box crops only: None = the crop function's default
     refine_crop: dict | None = None  # the refine stage's own crops {frame_rbc, padding}; None: the same crops
+    screening_tta: str = "none"  # test-time augmentation of the screening stage: none | flip | d8 (inference/tta.py)
+    refine_tta: str = "none"  # ... of the refine stage
     detection_threshold: float | None = None  # None: the segmenter's own threshold
     tile_size: int = 1024  # working-scale images larger than this are segmented in overlapping tiles
     tile_overlap: int = 256  # >= the largest WBC diameter at working scale (each cell whole in one tile)
@@ -123,6 +125,13 @@ class PipelineConfig:
         if self.refine_crop is not None and (not isinstance(self.refine_crop, dict)
                                              or set(self.refine_crop) - {"frame_rbc", "padding"}):
             raise InputError(where, f"refine_crop must map frame_rbc and/or padding, not {self.refine_crop!r}")
+        from bloodsmear.inference.tta import check_tta
+
+        for key in ("screening_tta", "refine_tta"):
+            try:
+                check_tta(getattr(self, key))
+            except ValueError as e:
+                raise InputError(where, f"{key}: {e}") from None
         if not 0 <= self.tile_overlap < self.tile_size:
             raise InputError(where, "tile_overlap must be >= 0 and smaller than tile_size")
 
@@ -172,8 +181,8 @@ class Pipeline:
     def from_config(cls, config: PipelineConfig | str | Path | None = None) -> "Pipeline":
         cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.load(config)
         seg = load_segmenter(resolve_ref(cfg.segmenter, cfg.base_dir))
-        screening = load_classifier(resolve_ref(cfg.screening, cfg.base_dir))
-        refine = load_classifier(resolve_ref(cfg.refine, cfg.base_dir)) if cfg.refine else None
+        screening = load_classifier(resolve_ref(cfg.screening, cfg.base_dir), tta=cfg.screening_tta)
+        refine = load_classifier(resolve_ref(cfg.refine, cfg.base_dir), tta=cfg.refine_tta) if cfg.refine else None
         return cls(seg, screening, refine, cfg)
 
     @classmethod

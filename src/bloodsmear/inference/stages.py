@@ -39,11 +39,12 @@ def resolve_ref(ref: str | Path, base_dir: str | Path | None = None) -> Path:
     raise InputError(ref, f"no such model folder (shipped models: {', '.join(shipped) or 'none'})")
 
 
-def load_classifier(folder: str | Path):
-    """A classifier model folder as the pipeline's `CellClassifier` (`classes`, batched `predict_proba`)."""
+def load_classifier(folder: str | Path, *, tta: str = "none"):
+    """A classifier model folder as the pipeline's `CellClassifier` (`classes`, batched `predict_proba`),
+    with test-time augmentation `tta` (none | flip | d8)."""
     from bloodsmear.inference.classify import CellClassifier
 
-    return CellClassifier.load(Path(folder))
+    return CellClassifier.load(Path(folder), tta=tta)
 
 
 #: PBC cell images (360x363, the classifiers' training data) span ~5.45 red-cell diameters (RBCs ~66 px,

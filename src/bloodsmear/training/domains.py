@@ -141,7 +141,7 @@ def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | 
 
     write_json_atomic(out / "domains_config.json", cfg.to_dict())
     write_json_atomic(out / "splits.json", prep.manifests, indent=1)
-    names = {k: c.name for k, c in prep.crops.items()}
+    names = domain_names({k: c.name for k, c in prep.crops.items()})
     rows, first = [], None
     for seed in (cfg.seeds or [rs.seed]):
         rs_seed = replace(rs, seed=int(seed))
@@ -162,6 +162,13 @@ def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | 
 
 
 # --------------------------------------------------------------------------------------------- tables
+def domain_names(names: dict[str, str]) -> dict[str, str]:
+    """Domain key -> the name tables use: the dataset name, made unique with the key where two domains
+    share one (e.g. two class-per-folder sets: "folder_A", "folder_B")."""
+    vals = list(names.values())
+    return {k: f"{v}_{k}" if vals.count(v) > 1 else v for k, v in names.items()}
+
+
 def _table_of(rid: str) -> str:
     r = run_spec(rid)
     if r.stain:
@@ -311,6 +318,7 @@ def summary(rows: list[dict]) -> dict:
 
 
 __all__ = ["DomainsConfig", "load_domains_config", "run_domains", "run_spec", "DomainsResult", "STANDARD_RUNS",
+           "domain_names",
            "table_rows", "write_tables", "plot_dann_curves", "summary"]
 
 
