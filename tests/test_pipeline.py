@@ -79,6 +79,27 @@ def test_refine_stage_applies_only_to_the_classes_it_knows():
     assert "band_cell" in pipe.classes
 
 
+class ProbClassifier:
+    def __init__(self, classes, probs):
+        self.classes, self.probs = list(classes), np.asarray(probs, float)
+
+    def predict_proba(self, crops):
+        return np.tile(self.probs, (len(crops), 1))
+
+
+@pytest.mark.parametrize("mass, refined", [(None, False), (0.3, True), (0.5, False)])
+def test_refine_mass_routes_unsure_cells_to_the_refine_stage(mass, refined):
+    # the screening calls every cell "platelet" (0.4) but gives the refine model's "neutrophil" 0.35
+    screen = ProbClassifier(["platelet", "neutrophil", "lymphocyte"], [0.4, 0.35, 0.25])
+    refine = FixedClassifier(["neutrophil", "band_cell"], "band_cell", 0.8)
+    pipe = Pipeline(DiscSegmenter(), screen, refine, PipelineConfig(refine_mass=mass))
+    for cell in pipe.run(make_field(800, 600, DISCS), "f", scale=20).cells:
+        assert cell.attributes["screening_label"] == "platelet"
+        assert (cell.label == "band_cell") is refined and (cell.attributes["refined_label"] is not None) is refined
+    with pytest.raises(InputError, match="refine_mass"):
+        PipelineConfig(refine_mass=1.5).validate()
+
+
 def test_refine_classes_must_be_known_to_the_refine_model():
     with pytest.raises(InputError, match="monocyte"):
         Pipeline(DiscSegmenter(), ColourClassifier(), FixedClassifier(["a", "b"], "a", 0.9),
@@ -202,3 +223,27 @@ def test_large_crops_of_big_photos_come_from_the_downscaled_copy(monkeypatch):
     assert [round(s / 4) for s in full.screening.sizes] == pytest.approx(small.screening.sizes, abs=2)  # 1/4 size
     assert [c.label for c in res_full.cells] == [c.label for c in res_small.cells]
     assert "crop_source" not in res_small.meta
+
+
+def test_evaluate_stages_scores_the_routing_on_single_cell_images(tmp_path):
+    import cv2
+
+    from bloodsmear.evaluation.stages_eval import evaluate_stages
+
+    for cls, colour in (("lymphocyte", (40, 40, 200)), ("neutrophil", (200, 40, 40)), ("platelet", (0, 0, 0))):
+        (tmp_path / "cells" / cls).mkdir(parents=True)
+        for i in range(3):
+            im = np.full((40, 40, 3), 230, np.uint8)
+            cv2.circle(im, (20, 20), 12, colour[::-1], -1)  # BGR on disk
+            cv2.imwrite(str(tmp_path / "cells" / cls / f"{i}.png"), im)
+    refine = FixedClassifier(["neutrophil", "lymphocyte"], "neutrophil", 0.8)
+    pipe = Pipeline(DiscSegmenter(), ColourClassifier(), refine, PipelineConfig())
+    ev = evaluate_stages(tmp_path / "cells", pipeline=pipe, progress=False)
+    # platelet is not a class of the pipeline: left out; every lymphocyte/neutrophil is refined -> "neutrophil"
+    assert ev.n == 6 and ev.skipped_labels == 3 and ev.n_refined == 6
+    assert ev.report.accuracy == pytest.approx(0.5) and ev.to_dict()["n_refined"] == 6
+    plain = evaluate_stages(tmp_path / "cells", pipeline=Pipeline(DiscSegmenter(), ColourClassifier(), None,
+                                                                   PipelineConfig()), progress=False)
+    assert plain.report.accuracy == pytest.approx(1.0) and plain.n_refined == 0
+    with pytest.raises(InputError, match="not found"):
+        evaluate_stages(tmp_path / "nothing", pipeline=pipe, progress=False)

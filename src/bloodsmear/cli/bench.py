@@ -137,3 +137,26 @@ def bench_crop_cmd(
                 [(k, v) for k, v in b.to_dict().items() if k != "skipped"] + [("skipped", len(b.skipped))])
     if json_out:
         emit_json(b.to_dict())
+
+
+@app.command("stages")
+def bench_stages_cmd(
+    dataset: str = typer.Argument(..., help="Class-per-folder single-cell images, e.g. pbc224."),
+    pipeline: str = typer.Option("default", "--pipeline", "-p", help="Pipeline config or shipped name."),
+    manifest: str = typer.Option(None, "--manifest", help="Split manifest (e.g. a model folder's split.json)."),
+    split: str = typer.Option(None, "--split", help="Part of the manifest / official split (default: test)."),
+    limit: int = typer.Option(None, "--limit", help="Score a seeded sample of N images."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
+) -> None:
+    """A pipeline's screening + refine stages on labelled single-cell images (what the routing costs/gains)."""
+    from bloodsmear.cli.common import emit_json, print_table
+    from bloodsmear.evaluation.stages_eval import evaluate_stages
+
+    ev = evaluate_stages(dataset, pipeline=pipeline, manifest=manifest, split=split, limit=limit)
+    rep = ev.report
+    print_table(f"{ev.pipeline} stages on {ev.split} (n={ev.n}, refined {ev.n_refined})",
+                ["class", "precision", "recall", "f1", "support"],
+                [(c, m.precision, m.recall, m.f1, m.support) for c, m in rep.per_class.items()]
+                + [("macro", rep.macro_precision, rep.macro_recall, rep.macro_f1, rep.n)])
+    if json_out:
+        emit_json(ev.to_dict())

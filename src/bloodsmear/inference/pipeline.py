@@ -76,6 +76,8 @@ class PipelineConfig:
     screening: str = "default"
     refine: str | None = None
     refine_classes: list[str] | None = None  # None: every class the refine model knows
+    refine_mass: float | None = None  # also refine cells whose screening probability summed over refine_classes
+    #                                   is >= this (None: only cells the screening labels with one, the paper's routing)
     review_threshold: float = 0.5  # final score below this -> review flag (class kept)
     scale: str | float = "auto"  # "auto" or the typical red-cell diameter in pixels of the input images
     crop_frame_rbc: float | None = PBC_FRAME_RBC  # crop side in red-cell diameters (PBC framing); None: box crops
@@ -121,6 +123,8 @@ class PipelineConfig:
     def validate(self, where: object = None) -> None:
         if not 0.0 <= float(self.review_threshold) <= 1.0:
             raise InputError(where, f"review_threshold must be in [0, 1], not {self.review_threshold}")
+        if self.refine_mass is not None and not 0.0 < float(self.refine_mass) <= 1.0:
+            raise InputError(where, f"refine_mass must be in (0, 1] or null, not {self.refine_mass}")
         parse_scale(self.scale, where)
         if self.refine_crop is not None and (not isinstance(self.refine_crop, dict)
                                              or set(self.refine_crop) - {"frame_rbc", "padding"}):
@@ -243,33 +247,42 @@ class Pipeline:
         cfg = self.config
         crops = [crop for rgb, cs, rbc_px in items
                  for crop in crop_cells(rgb, cs, padding=cfg.crop_padding, rbc_px=rbc_px, frame_rbc=cfg.crop_frame_rbc)]
-        probs = np.asarray(self.screening.predict_proba(crops), dtype=float)
-        s_cls = list(self.screening.classes)
-        for c, p in zip(cells, probs):
-            k = int(p.argmax())
-            c.attributes.update(screening_label=s_cls[k], screening_score=float(p[k]),
-                                refined_label=None, refined_score=None)
-            c.label, c.score = s_cls[k], float(p[k])
-        todo = [i for i, c in enumerate(cells) if c.label in self.refine_classes]
-        if todo and self.refine is not None:
-            if cfg.refine_crop is not None:  # crops framed as the refine model was trained
-                rc = {"frame_rbc": None, "padding": None, **cfg.refine_crop}
-                keep = {id(cells[i]) for i in todo}
-                crops = [crop for rgb, cs, rbc_px in items for crop in crop_cells(
-                    rgb, [c for c in cs if id(c) in keep], padding=rc["padding"], rbc_px=rbc_px,
-                    frame_rbc=rc["frame_rbc"])]
-                todo_crops = crops
-            else:
-                todo_crops = [crops[i] for i in todo]
-            rprobs = np.asarray(self.refine.predict_proba(todo_crops), dtype=float)
-            r_cls = list(self.refine.classes)
-            for i, p in zip(todo, rprobs):
-                k = int(p.argmax())
-                cells[i].attributes.update(refined_label=r_cls[k], refined_score=float(p[k]))
-                cells[i].label, cells[i].score = r_cls[k], float(p[k])
+        refine_crops = None
+        if cfg.refine_crop is not None and self.refine is not None:  # crops framed as the refine model was trained
+            rc = {"frame_rbc": None, "padding": None, **cfg.refine_crop}
+            refine_crops = [crop for rgb, cs, rbc_px in items for crop in crop_cells(
+                rgb, cs, padding=rc["padding"], rbc_px=rbc_px, frame_rbc=rc["frame_rbc"])]
+        for c, a in zip(cells, self.classify_crops(crops, refine_crops)):
+            c.attributes.update(a)
+            c.label = a["refined_label"] or a["screening_label"]
+            c.score = a["screening_score"] if a["refined_label"] is None else a["refined_score"]
         thr = float(self.config.review_threshold)
         for c in cells:
             c.attributes["review"] = bool(c.score < thr)
+
+    def classify_crops(self, crops: Sequence[np.ndarray], refine_crops: Sequence[np.ndarray] | None = None
+                       ) -> list[dict]:
+        """The classification stages on cell crops: per crop the screening label and score and, where the
+        refine stage applies (a screening label among its classes, or `refine_mass` reached), the refined
+        label and score (`refine_crops`: that stage's own crops of the same cells, default `crops`)."""
+        cfg = self.config
+        probs = np.asarray(self.screening.predict_proba(crops), dtype=float).reshape(len(crops), -1)
+        s_cls = list(self.screening.classes)
+        out = [{"screening_label": s_cls[int(p.argmax())], "screening_score": float(p.max()), "refined_label": None,
+                "refined_score": None} for p in probs]
+        todo = [i for i, a in enumerate(out) if a["screening_label"] in self.refine_classes]
+        if cfg.refine_mass is not None:  # also cells the screening is unsure are outside the refine classes
+            cols = [k for k, name in enumerate(s_cls) if name in self.refine_classes]
+            mass = probs[:, cols].sum(1) if cols else np.zeros(len(out))
+            labelled = set(todo)
+            todo = [i for i in range(len(out)) if i in labelled or mass[i] >= float(cfg.refine_mass)]
+        if todo and self.refine is not None:
+            src = crops if refine_crops is None else refine_crops
+            rprobs = np.asarray(self.refine.predict_proba([src[i] for i in todo]), dtype=float)
+            r_cls = list(self.refine.classes)
+            for i, p in zip(todo, rprobs):
+                out[i].update(refined_label=r_cls[int(p.argmax())], refined_score=float(p.max()))
+        return out
 
     def detect(self, rgb: np.ndarray, *, scale: str | float | None = None, name: str = "image",
                path: Path | None = None) -> SlideResult:
