@@ -149,3 +149,12 @@ def test_real_multicell_and_small_sets_split(data_root, name):
     assert len(paths) == len(set(paths)) == len(ds)
     assert all(len(m.subset(ds, s)) == len(m.splits[s]) for s in m.splits)
     assert abs(len(m.splits["test"]) - 0.1 * len(ds)) <= 1
+
+
+def test_seeded_sample_is_reproducible_ordered_and_bounded():
+    from bloodsmear.data.splits import seeded_sample
+
+    items = list(range(100))
+    a, b = seeded_sample(items, 10, seed=3), seeded_sample(items, 10, seed=3)
+    assert a == b and len(a) == 10 and a == sorted(a) and a != seeded_sample(items, 10, seed=4)
+    assert seeded_sample(items, None) == items and seeded_sample(items, 500) == items

@@ -247,6 +247,17 @@ def make_split(dataset: Dataset, scheme: str = "64-16-20", seed: int = 42, *, wo
     return manifest
 
 
+def seeded_sample(items: list, limit: int | None, seed: int = 0) -> list:
+    """`limit` of `items` drawn without replacement by `seed`, in their original order (all when
+    `limit` is None or not smaller)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [items[i] for i in sorted(rng.choice(len(items), size=limit, replace=False))]
+
+
 def save_manifest(manifest: SplitManifest, dest: str | Path) -> Path:
     """Write the manifest JSON atomically."""
     from bloodsmear.io import write_json_atomic

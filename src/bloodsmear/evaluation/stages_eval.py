@@ -48,6 +48,7 @@ def evaluate_stages(dataset: str | Path, *, pipeline=None, manifest: str | Path 
     from bloodsmear.classes import canonical
     from bloodsmear.config import resolve_dataset_path
     from bloodsmear.data import load_dataset
+    from bloodsmear.data.splits import seeded_sample
     from bloodsmear.evaluation.metrics import classification_report_arrays
     from bloodsmear.evaluation.pipeline_eval import _load_pipeline, select_split
     from bloodsmear.io import read_image
@@ -61,9 +62,7 @@ def evaluate_stages(dataset: str | Path, *, pipeline=None, manifest: str | Path 
     keep = [(im.path, classes.index(canonical(im.label))) for im in images
             if im.label is not None and canonical(im.label) in classes]
     skipped = len(images) - len(keep)
-    if limit is not None and limit < len(keep):
-        rng = np.random.default_rng(seed)
-        keep = [keep[i] for i in sorted(rng.choice(len(keep), size=limit, replace=False))]
+    keep = seeded_sample(keep, limit, seed)
     if not keep:
         raise InputError(root, f"no images of the pipeline's classes in {where}")
     pred, n_refined = [], 0

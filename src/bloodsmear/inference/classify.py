@@ -309,7 +309,7 @@ def evaluate_model(model: str | Path = "default", dataset: str | Path | None = N
     """
     from bloodsmear.config import resolve_dataset_path
     from bloodsmear.data import load_dataset
-    from bloodsmear.data.splits import load_manifest
+    from bloodsmear.data.splits import load_manifest, seeded_sample
     from bloodsmear.evaluation.metrics import classification_report_arrays
     from bloodsmear.training.data import load_arrays
 
@@ -335,9 +335,7 @@ def evaluate_model(model: str | Path = "default", dataset: str | Path | None = N
     keep = [(im.path, index[cmap.get(im.label, im.label)]) for im in images
             if im.label is not None and cmap.get(im.label, im.label) in index]
     skipped = len(images) - len(keep)
-    if limit is not None and limit < len(keep):
-        rng = np.random.default_rng(seed)
-        keep = [keep[i] for i in sorted(rng.choice(len(keep), size=limit, replace=False))]
+    keep = seeded_sample(keep, limit, seed)
     if not keep:
         raise InputError(root, f"no images of the model's classes in {where}")
     arr = load_arrays([p for p, _ in keep], int(info.input_size), float(info.crop_fraction), progress=progress)
