@@ -247,3 +247,18 @@ def test_evaluate_stages_scores_the_routing_on_single_cell_images(tmp_path):
     assert plain.report.accuracy == pytest.approx(1.0) and plain.n_refined == 0
     with pytest.raises(InputError, match="not found"):
         evaluate_stages(tmp_path / "nothing", pipeline=pipe, progress=False)
+
+
+def test_screening_classes_renormalise_and_flag_the_excluded_first_choice():
+    screen = ProbClassifier(["platelet", "neutrophil", "lymphocyte"], [0.5, 0.3, 0.2])
+    pipe = Pipeline(DiscSegmenter(), screen, None,
+                    PipelineConfig(screening_classes=["neutrophil", "lymphocyte"], review_threshold=0.5))
+    assert pipe.classes == ["neutrophil", "lymphocyte"]
+    for cell in pipe.run(make_field(800, 600, DISCS), "f", scale=20).cells:
+        assert cell.label == "neutrophil" and cell.score == pytest.approx(0.6)  # 0.3 / (0.3 + 0.2)
+        assert cell.attributes["review"] is True and "screening_excluded_top" not in cell.attributes
+    sure = Pipeline(DiscSegmenter(), ProbClassifier(["platelet", "neutrophil"], [0.1, 0.9]), None,
+                    PipelineConfig(screening_classes=["neutrophil"]))
+    assert all(not c.attributes["review"] for c in sure.run(make_field(800, 600, DISCS), "f", scale=20).cells)
+    with pytest.raises(InputError, match="screening_classes"):
+        Pipeline(DiscSegmenter(), screen, None, PipelineConfig(screening_classes=["monocyte"]))

@@ -74,6 +74,8 @@ class PipelineConfig:
 
     segmenter: str = "wbc-seg-fast"
     screening: str = "default"
+    screening_classes: list[str] | None = None  # the classes the screening stage may answer (its probabilities
+    #                                             renormalised over them); None: all it knows
     refine: str | None = None
     refine_classes: list[str] | None = None  # None: every class the refine model knows
     refine_mass: float | None = None  # also refine cells whose screening probability summed over refine_classes
@@ -175,6 +177,15 @@ class Pipeline:
             if missing:
                 raise InputError(None, f"refine_classes {sorted(missing)} are not classes of the refine model "
                                        f"({', '.join(refine.classes)})")
+        sc = self.config.screening_classes
+        self.screening_cols: list[int] | None = None
+        if sc is not None and not isinstance(screening, WbcOnly):
+            s_cls = list(screening.classes)
+            missing = sorted(set(sc) - set(s_cls))
+            if missing or not sc:
+                raise InputError(None, f"screening_classes {missing or sc} must be classes of the screening model "
+                                       f"({', '.join(s_cls)})")
+            self.screening_cols = [k for k, c in enumerate(s_cls) if c in set(sc)]
         if self.config.detection_threshold is not None:
             for attr in ("score_threshold", "detection_threshold", "threshold"):
                 if hasattr(segmenter, attr):
@@ -198,6 +209,8 @@ class Pipeline:
     @property
     def classes(self) -> list[str]:
         out = list(self.screening.classes)
+        if self.screening_cols is not None:
+            out = [out[k] for k in self.screening_cols]
         if self.refine is not None:
             out += [c for c in self.refine.classes if c not in out]
         return out
@@ -257,19 +270,27 @@ class Pipeline:
             c.label = a["refined_label"] or a["screening_label"]
             c.score = a["screening_score"] if a["refined_label"] is None else a["refined_score"]
         thr = float(self.config.review_threshold)
-        for c in cells:
-            c.attributes["review"] = bool(c.score < thr)
+        for c in cells:  # unsure, or the screening's first choice was a class the pipeline excludes
+            c.attributes["review"] = bool(c.score < thr or c.attributes.pop("screening_excluded_top", False))
 
     def classify_crops(self, crops: Sequence[np.ndarray], refine_crops: Sequence[np.ndarray] | None = None
                        ) -> list[dict]:
-        """The classification stages on cell crops: per crop the screening label and score and, where the
+        """The classification stages on cell crops: per crop the screening label and score (over
+        `screening_classes`; `screening_excluded_top`: its first choice was another class) and, where the
         refine stage applies (a screening label among its classes, or `refine_mass` reached), the refined
         label and score (`refine_crops`: that stage's own crops of the same cells, default `crops`)."""
         cfg = self.config
         probs = np.asarray(self.screening.predict_proba(crops), dtype=float).reshape(len(crops), -1)
         s_cls = list(self.screening.classes)
+        excluded = np.zeros(len(probs), bool)
+        if self.screening_cols is not None:  # only the allowed classes, renormalised
+            keep = np.zeros(probs.shape[1], bool)
+            keep[self.screening_cols] = True
+            excluded = ~keep[probs.argmax(1)] if len(probs) else excluded
+            probs = np.where(keep, probs, 0.0)
+            probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
         out = [{"screening_label": s_cls[int(p.argmax())], "screening_score": float(p.max()), "refined_label": None,
-                "refined_score": None} for p in probs]
+                "refined_score": None, "screening_excluded_top": bool(x)} for p, x in zip(probs, excluded)]
         todo = [i for i, a in enumerate(out) if a["screening_label"] in self.refine_classes]
         if cfg.refine_mass is not None:  # also cells the screening is unsure are outside the refine classes
             cols = [k for k, name in enumerate(s_cls) if name in self.refine_classes]
