@@ -131,7 +131,7 @@ def tiny_experiment(tmp_path_factory):
                               "B": {"name": "folder", "root": str(_domain_folder(tmp / "b", 60, rng))}},
         classes=["lymphocyte", "neutrophil"], image_size=32, runs=["src_A", "stain_dann_A_B"], seeds=[0, 1],
         maps={"backbone": "tiny_cnn", "train_from": 0, "views": 2},
-        train={"epochs": 2, "batch_size": 4, "pretrained": False}, tsne_max_per_domain=20,
+        train={"epochs": 2, "batch_size": 4, "pretrained": False}, tsne_max_per_domain=20, eval_tta=["flip"],
         out_dir=str(tmp / "out"), cache_dir=str(tmp / "cache"))
     return cfg, run_domains(cfg, progress=False)
 
@@ -146,6 +146,19 @@ def test_domains_experiment_writes_tables_and_models(tiny_experiment):
     for seed in (0, 1):
         for rid in ("src_A", "stain_dann_A_B"):
             assert (out / "runs" / f"seed{seed}" / rid / "model" / "weights.safetensors").is_file()
+    assert (out / "tta_flip" / "table5.md").is_file() and str(out / "tta_flip" / "stain.csv") in res.files
+
+
+def test_domains_config_rejects_an_unknown_eval_tta(tmp_path):
+    from bloodsmear.errors import InputError
+    from bloodsmear.training.domains import load_domains_config
+
+    p = tmp_path / "d.yaml"
+    p.write_text("kind: domains\neval_tta: [d4]\n")
+    with pytest.raises(InputError, match="eval_tta.*valid: none, flip, d8"):
+        load_domains_config(p)
+    p.write_text("kind: domains\neval_tta: [d8]\n")
+    assert load_domains_config(p).eval_tta == ["d8"]
 
 
 def test_rescore_without_tta_reproduces_the_recorded_figures(tiny_experiment):

@@ -57,6 +57,8 @@ class DomainsConfig:
     threads: int = 1
     device: str = "cpu"  # where runs train: cpu | cuda | auto (crops and cached maps stay on the CPU)
     seeds: list[int] | None = None  # repeat every run with these training seeds (runs/seed<k>/); tables add mean/sd
+    eval_tta: list[str] = field(default_factory=list)  # also score the runs with these test-time augmentations
+    #                                                    (none | flip | d8) -> out_dir/tta_<mode>/ tables
     out_dir: str = "runs/domains/pbc_lisc"
     cache_dir: str | None = None  # None -> ~/.cache/bloodsmear/domains
 
@@ -78,6 +80,14 @@ def load_domains_config(path: str | Path, overrides: dict | None = None) -> Doma
     MapSettings(**cfg.maps), RunSettings(**cfg.train)  # unknown keys fail here, naming them
     for r in cfg.runs:
         run_spec(r)
+    from bloodsmear.errors import InputError
+    from bloodsmear.inference.tta import check_tta
+
+    for mode in cfg.eval_tta:
+        try:
+            check_tta(mode)
+        except ValueError as e:
+            raise InputError(path, f"eval_tta: {e}") from None
     return cfg
 
 
@@ -158,6 +168,11 @@ def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | 
     files = write_tables(rows, out, names)
     files += figures(first, out, names, classes, cfg.tsne_max_per_domain)
     write_json_atomic(out / "results.json", {"rows": rows, "domains": names, "classes": classes})
+    if cfg.eval_tta:
+        from bloodsmear.training.domain_rescore import rescore_domains
+
+        for mode in cfg.eval_tta:
+            files += rescore_domains(cfg, mode, only=only).files
     return DomainsResult(rows=rows, out_dir=out, seconds=time.perf_counter() - t0, files=files)
 
 
