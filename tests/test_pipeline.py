@@ -98,6 +98,7 @@ def test_refine_mass_routes_unsure_cells_to_the_refine_stage(mass, refined):
         assert (cell.label == "band_cell") is refined and (cell.attributes["refined_label"] is not None) is refined
     with pytest.raises(InputError, match="refine_mass"):
         PipelineConfig(refine_mass=1.5).validate()
+    assert pipe.classify_crops([]) == []
 
 
 def test_refine_classes_must_be_known_to_the_refine_model():

@@ -279,6 +279,8 @@ class Pipeline:
         `screening_classes`; `screening_excluded_top`: its first choice was another class) and, where the
         refine stage applies (a screening label among its classes, or `refine_mass` reached), the refined
         label and score (`refine_crops`: that stage's own crops of the same cells, default `crops`)."""
+        if len(crops) == 0:
+            return []
         cfg = self.config
         probs = np.asarray(self.screening.predict_proba(crops), dtype=float).reshape(len(crops), -1)
         s_cls = list(self.screening.classes)
@@ -286,7 +288,7 @@ class Pipeline:
         if self.screening_cols is not None:  # only the allowed classes, renormalised
             keep = np.zeros(probs.shape[1], bool)
             keep[self.screening_cols] = True
-            excluded = ~keep[probs.argmax(1)] if len(probs) else excluded
+            excluded = ~keep[probs.argmax(1)]
             probs = np.where(keep, probs, 0.0)
             probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
         out = [{"screening_label": s_cls[int(p.argmax())], "screening_score": float(p.max()), "refined_label": None,

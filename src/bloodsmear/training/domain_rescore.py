@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bloodsmear.training.domains import (DomainsConfig, DomainsResult, domain_names, mean_rows, resolve_classes,
-                                         run_spec, table_rows, write_tables)
+from bloodsmear.training.domains import (DomainsConfig, DomainsResult, domain_names, domains_cache_dir, mean_rows,
+                                         resolve_classes, run_spec, table_rows, write_tables)
 
 log = logging.getLogger(__name__)
-
-
-def _cache_dir(cfg: DomainsConfig) -> Path:
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    return Path(os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "domains"
 
 
 def _test_crops(cfg: DomainsConfig, classes: list[str], manifests: dict) -> tuple[dict, dict, object]:
@@ -42,7 +35,7 @@ def _test_crops(cfg: DomainsConfig, classes: list[str], manifests: dict) -> tupl
 
     tests, names, stain = {}, {}, None
     for key, d in cfg.domains.items():
-        dom = build_domain(DomainSpec(**{"size": cfg.image_size, **d}), classes, cache_dir=_cache_dir(cfg))
+        dom = build_domain(DomainSpec(**{"size": cfg.image_size, **d}), classes, cache_dir=domains_cache_dir(cfg))
         names[key] = dom.name
         if key not in manifests:
             raise InputError(Path(cfg.out_dir) / "splits.json", f"no split manifest for domain {key}")

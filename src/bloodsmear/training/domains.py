@@ -129,17 +129,23 @@ class DomainsResult:
         return {"rows": self.rows, "out_dir": str(self.out_dir), "seconds": round(self.seconds, 1), "files": self.files}
 
 
-def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | None = None) -> DomainsResult:
+def domains_cache_dir(cfg: DomainsConfig) -> Path:
+    """Where crops and cached maps live: `cache_dir`, else $BLOODSMEAR_CACHE (default ~/.cache/bloodsmear)/domains."""
     import os
 
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "domains"
+
+
+def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | None = None) -> DomainsResult:
     import torch
 
     torch.set_num_threads(max(1, cfg.threads))
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(
-        os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "domains"
+    cache = domains_cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
     classes = resolve_classes(cfg)
     runs = [run_spec(r) for r in cfg.runs if only is None or r in only]
