@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bloodsmear.errors import InputError
+from bloodsmear.inference.tta import check_tta, predict_tta
 from bloodsmear.models.artifact import LoadedClassifier, load_model
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,6 @@ class CellClassifier:
     """A loaded classifier folder ready for batched inference on RGB uint8 crops."""
 
     def __init__(self, loaded: LoadedClassifier, *, optimize: bool = True, tta: str = "none"):
-        from bloodsmear.inference.tta import check_tta
-
         self.loaded = loaded
         self.tta = check_tta(tta)  # test-time augmentation: none | flip | d8 (inference/tta.py)
         self.info = loaded.info
@@ -108,8 +107,6 @@ class CellClassifier:
     def predict_fitted(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for already-fitted (N, S, S, 3) uint8 images (stain-normalised here when the model is;
         averaged over the test-time views of `self.tta`)."""
-        from bloodsmear.inference.tta import predict_tta
-
         return predict_tta(self._forward, self.normalize_stain(batch), self.tta)
 
     @torch.inference_mode()

@@ -286,8 +286,7 @@ class Pipeline:
         s_cls = list(self.screening.classes)
         excluded = np.zeros(len(probs), bool)
         if self.screening_cols is not None:  # only the allowed classes, renormalised
-            keep = np.zeros(probs.shape[1], bool)
-            keep[self.screening_cols] = True
+            keep = np.isin(np.arange(probs.shape[1]), self.screening_cols)
             excluded = ~keep[probs.argmax(1)]
             probs = np.where(keep, probs, 0.0)
             probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
