@@ -218,3 +218,55 @@ def test_batches_of_large_images_are_split_by_pixels(smears, tmp_path, monkeypat
     pipe = make_pipeline()
     s = analyze([smears], tmp_path / "out", pipe, scale=20, progress=False, workers=1)
     assert s.n_analysed == 4 and pipe.screening.calls == [1, 4]  # (a, d): 1 cell, then (b, c): 4 cells
+
+
+def test_evaluate_writes_every_detection_error_for_review(tmp_path):
+    import csv
+
+    from bloodsmear.evaluation.pipeline_eval import evaluate_pipeline
+
+    root = tmp_path / "d"
+    # f0: both WBCs annotated (no error); f1: one WBC not annotated (unmatched prediction) and one
+    # annotated WBC where the field is empty (missed)
+    p0 = write_field(root / "f0.png", 400, 300, TWO)
+    p1 = write_field(root / "sub" / "f1.png", 400, 300, ONE)
+    ims = [AnnotatedImage(path=p0, width=400, height=300,
+                          cells=[Cell(label="wbc", box=_box(cx, cy, r)) for cx, cy, r, _ in TWO]),
+           AnnotatedImage(path=p1, width=400, height=300,
+                          cells=[Cell(label="wbc", box=(250.0, 150.0, 330.0, 230.0), subclass="monocyte")])]
+    before = (root / "sub" / "f1.png").read_bytes()
+    rep = evaluate_pipeline(Dataset("toy", root, ims, format="voc"), pipeline=make_pipeline(), scale=20,
+                            split="all", errors_dir=tmp_path / "err")
+    assert rep["errors"]["by_kind"] == {"unmatched_prediction": 1, "missed_wbc": 1}
+    assert rep["errors"]["n_images"] == 1
+    rows = list(csv.DictReader((tmp_path / "err" / "errors.csv").open()))
+    assert [(r["image"], r["kind"]) for r in rows] == [("sub/f1.png", "missed_wbc"), ("sub/f1.png", "unmatched_prediction")]
+    assert rows[0]["annotated_class"] == "monocyte" and float(rows[1]["x1"]) == pytest.approx(70, abs=3)
+    assert rows[1]["predicted_class"] == "lymphocyte" and float(rows[1]["score"]) == pytest.approx(0.9)
+    overlays = sorted(p.relative_to(tmp_path / "err").as_posix() for p in (tmp_path / "err").rglob("*.png"))
+    assert overlays == ["overlays/sub/f1.png"]
+    assert (root / "sub" / "f1.png").read_bytes() == before
+
+
+def test_errors_of_one_wbc_fields_and_the_overlay_colours(tmp_path):
+    from bloodsmear.evaluation.errors import RED, YELLOW, detection_errors, draw_errors
+    from bloodsmear.evaluation.pipeline_eval import evaluate_pipeline
+
+    ims = []
+    for i, discs in enumerate([ONE, TWO, []]):
+        p = write_field(tmp_path / "lymphocyte" / f"{i}.png", 400, 300, discs)
+        ims.append(AnnotatedImage(path=p, width=400, height=300, label="lymphocyte"))
+    rep = evaluate_pipeline(Dataset("lisc-toy", tmp_path, ims, format="lisc"), pipeline=make_pipeline(), scale=20,
+                            errors_dir=tmp_path / "err")
+    assert rep["errors"]["by_kind"] == {"extra_wbc": 1, "no_wbc_found": 1}
+    # drawing returns a new image with the colours of the legend
+    rgb = make_field(400, 300, ONE)
+    before = rgb.copy()
+    gt = [Cell(label="wbc", box=(250.0, 150.0, 330.0, 230.0))]
+    pred = [Cell(label="wbc", box=(70.0, 70.0, 130.0, 130.0), score=0.8)]
+    out = draw_errors(rgb, gt, pred, [])
+    assert np.array_equal(rgb, before) and out is not rgb
+    assert tuple(out[150, 290]) == YELLOW and tuple(out[100, 70]) == RED
+    errs = detection_errors("x.png", gt, pred, [])
+    assert {e.kind for e in errs} == {"missed_wbc", "unmatched_prediction"}
+    assert detection_errors("x.png", gt, pred, [(0, 0, 0.9)]) == []

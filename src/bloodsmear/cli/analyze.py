@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from bloodsmear.cli.common import emit_json, print_table
+from bloodsmear.cli.common import SCALE_HELP, emit_json, print_table
 from bloodsmear.errors import BloodsmearError
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,7 @@ def analyze(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-running on it resumes)."),
     pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p",
                                            help="Pipeline config (YAML) or shipped name: default, maskrcnn."),
-    scale: str = typer.Option("auto", "--scale",
-                              help="'auto' (estimated from the red cells) or the red-cell diameter in pixels."),
+    scale: str = typer.Option("auto", "--scale", help=SCALE_HELP),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write an overlay PNG per image."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Images at once (default: CPU cores, max 2)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (last line)."),
@@ -58,12 +57,15 @@ def evaluate(
     split: Optional[str] = typer.Option(None, "--split",
                                         help="Official split to use (default: test where the dataset has one)."),
     fmt: str = typer.Option("auto", "--format", help="Dataset format (auto, voc, lisc, cvat, coco, ...)."),
-    scale: str = typer.Option("auto", "--scale", help="'auto' or the red-cell diameter in pixels."),
+    scale: str = typer.Option("auto", "--scale", help=SCALE_HELP),
     rescale: float = typer.Option(1.0, "--rescale", help="Resize every field (and its annotations) by this "
                                                            "factor first: magnification robustness."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N images."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Take the split from this split manifest "
                                             "(e.g. a model folder's split.json; --split names the part, default test)."),
+    errors: Optional[Path] = typer.Option(None, "--errors", help="Write every detection error (unmatched "
+                                          "prediction, missed WBC; on one-WBC fields: none or extra) to "
+                                          "DIR/errors.csv with an overlay per image, for review."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """Detection, segmentation and classification figures of a pipeline against annotations."""
@@ -73,12 +75,16 @@ def evaluate(
         _fail(ValueError("give --pipeline or --segmenter, not both"))
     try:
         report = evaluate_pipeline(dataset, pipeline=pipeline, segmenter=segmenter, split=split, fmt=fmt,
-                                   scale=scale, rescale=rescale, limit=limit, manifest=manifest)
+                                   scale=scale, rescale=rescale, limit=limit, manifest=manifest, errors_dir=errors)
     except BloodsmearError as e:
         _fail(e)
     figs = report["figures"]
     print_table(f"{report['dataset']} ({report['split']}, {report['n_images']} images)", ["figure", "value"],
                 [(k, v) for k, v in figs.items() if not isinstance(v, (dict, list))])
+    if "errors" in report:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(report["errors"]["by_kind"].items())) or "none"
+        typer.echo(f"errors ({kinds}) in {report['errors']['n_images']} image(s): {errors}/errors.csv, "
+                   f"{errors}/overlays/", err=True)
     if json_out:
         emit_json(report)
 

@@ -57,4 +57,7 @@ def tta_option(value: str) -> str:
         raise typer.BadParameter(str(e)) from None
 
 
+SCALE_HELP = ("Red-cell scale: auto (each field's own estimate; one that is far off its folder's median, or "
+              "missing, takes the median), field (each field alone), folder (the median of the folder's fields "
+              "of that pixel size) or the red-cell diameter in pixels.")
 TTA_HELP = "Test-time augmentation: none | flip | d8 (class probabilities averaged over the crop's mirror images / quarter turns)."

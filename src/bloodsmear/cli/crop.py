@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bloodsmear.cli.common import emit_json, print_table
+from bloodsmear.cli.common import SCALE_HELP, emit_json, print_table
 
 app = typer.Typer(help="Crop single-cell images (C-PBC) or annotated cells out of fields.", no_args_is_help=True)
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def crop_fields_cmd(
                                        help="Keep only the largest cell of each field (one WBC per field)."),
     size: int = typer.Option(None, "--size", help="Resize every crop to SIZE x SIZE."),
     ext: str = typer.Option("png", "--ext", help="png or jpg."),
-    scale: str = typer.Option(None, "--scale", help="auto or the red-cell diameter in pixels (default: the config's)."),
+    scale: str = typer.Option(None, "--scale", help=SCALE_HELP + " Default: the pipeline config's."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:

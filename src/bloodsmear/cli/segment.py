@@ -52,31 +52,44 @@ def check_masks(
 @app.command("scale")
 def scale(
     images: List[Path] = typer.Argument(..., help="Images or folders."),
+    mode: str = typer.Option("auto", "--mode", help="Pooling shown in the 'used' column: auto, field or folder "
+                                                    "(as analyze --scale)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Typical red-cell diameter (px) of each image; unreadable images are reported and skipped."""
+    """Typical red-cell diameter (px) of each image, and the one `analyze --scale MODE` uses (pooled per
+    folder and pixel size); unreadable images are reported and skipped."""
     import logging
 
     import numpy as np
 
     from bloodsmear.errors import InputError
     from bloodsmear.io import list_images, read_image
-    from bloodsmear.preprocess.scale import estimate_rbc_diameter
+    from bloodsmear.preprocess.scale import choose_diameters, estimate_rbc_diameter
 
     log = logging.getLogger(__name__)
-    rows, skipped = [], 0
+    rows, groups, skipped = [], [], 0
     for p in [f for i in images for f in list_images(i)]:
         try:
-            e = estimate_rbc_diameter(read_image(p))
+            rgb = read_image(p)
+            e = estimate_rbc_diameter(rgb)
         except InputError as err:
             log.warning("skipped %s", err)
             skipped += 1
             continue
         rows.append([str(p), e.diameter_px, e.confidence])
-    print_table("red-cell diameter", ["image", "diameter px", "confidence"], rows)
+        groups.append((Path(p).parent, rgb.shape[:2]))
+    try:
+        chosen = choose_diameters([r[1] for r in rows], groups, mode.lower())
+    except ValueError as err:
+        typer.echo(f"error: --mode: {err}", err=True)
+        raise typer.Exit(2) from None
+    for r, c in zip(rows, chosen):
+        r += [c.diameter_px, c.source]
+    print_table("red-cell diameter", ["image", "diameter px", "confidence", f"used ({mode})", "source"], rows)
     d = [r[1] for r in rows if np.isfinite(r[1])]
     if skipped:
         log.warning("%d image(s) skipped", skipped)
     if json_out:
-        emit_json({"images": [{"path": r[0], "diameter_px": r[1], "confidence": r[2]} for r in rows],
+        emit_json({"images": [{"path": r[0], "diameter_px": r[1], "confidence": r[2], "used_px": r[3],
+                               "source": r[4]} for r in rows],
                    "median_diameter_px": float(np.median(d)) if d else None, "skipped": skipped})

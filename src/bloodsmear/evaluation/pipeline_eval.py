@@ -114,8 +114,10 @@ def _load_pipeline(pipeline, segmenter):
 
 def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter: str | None = None,
                       split: str | None = None, fmt: str = "auto", scale: str | float = "auto",
-                      rescale: float = 1.0, limit: int | None = None, manifest: str | Path | None = None) -> dict:
-    """Run the pipeline over the dataset's split and score it (see the module doc)."""
+                      rescale: float = 1.0, limit: int | None = None, manifest: str | Path | None = None,
+                      errors_dir: str | Path | None = None) -> dict:
+    """Run the pipeline over the dataset's split and score it (see the module doc). With `errors_dir`,
+    every detection error is written there for review (`bloodsmear.evaluation.errors`)."""
     from bloodsmear.data import load_dataset
     from bloodsmear.evaluation.detection import WBC_LABELS, evaluate_detection, match_cells
 
@@ -130,6 +132,7 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
     pipe = _load_pipeline(pipeline, segmenter)
     gts, preds, skipped = [], [], []
     t0 = time.perf_counter()
+    plan = _plan_scales(pipe, images, scale, rescale)
     for im in images:
         try:
             rgb = read_image(im.path)
@@ -148,7 +151,7 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
             gt = AnnotatedImage(path=im.path, width=rgb.shape[1], height=rgb.shape[0], cells=im.cells,
                                 source=im.source, label=im.label, subclass=im.subclass,
                                 nucleus_mask_path=im.nucleus_mask_path)
-        res = pipe.run(rgb, im.path.name, scale=scale, path=im.path)
+        res = pipe.run(rgb, im.path.name, scale=plan.get(im.path, scale), path=im.path)
         gts.append(gt)
         preds.append(res)
     seconds = time.perf_counter() - t0
@@ -160,6 +163,7 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
                     "skipped": skipped, "rescale": rescale, "pipeline": pipe.describe(), "figures": figures}
     has_boxes = any(c.label in WBC_LABELS for g in gts for c in g.cells)
     class_pairs: list[tuple[str, str]] = []
+    review: list = []  # (annotated image, GT cells, predicted cells, matches, one_per_field) for --errors
     if has_boxes:
         gt_wbc = [AnnotatedImage(path=g.path, width=g.width, height=g.height, nucleus_mask_path=g.nucleus_mask_path,
                                  cells=[Cell(label="wbc", polygon=c.polygon, box=c.box, mask=c.mask,
@@ -179,7 +183,9 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
         if det.coverage is not None:
             figures["nucleus_coverage"] = det.coverage.fraction
         for g, p in zip(gt_wbc, pred_imgs):
-            for gi, pj, _ in match_cells(g.cells, p.cells):
+            matches = match_cells(g.cells, p.cells)
+            review.append((g, g.cells, p.cells, matches, False))
+            for gi, pj, _ in matches:
                 gcls = g.cells[gi].subclass
                 if gcls is not None:
                     class_pairs.append((gcls, _norm(p.cells[pj].attributes["class"])))
@@ -187,6 +193,7 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
         n = np.array([len(r.cells) for r in preds])
         figures.update({"one_wbc_found_rate": float(np.mean(n >= 1)), "no_extra_wbc_rate": float(np.mean(n <= 1)),
                         "exactly_one_rate": float(np.mean(n == 1)), "mean_wbc_per_field": float(n.mean())})
+        review = [(g, [], p.cells, [], True) for g, p in zip(gts, pred_imgs)]
         for g, r in zip(gts, preds):
             if r.cells and g.label:
                 top = max(r.cells, key=lambda c: c.attributes.get("detection_score") or 0.0)
@@ -196,7 +203,28 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
         report["per_class"] = cls.pop("per_class")
         figures.update(cls)
     figures["fields_per_s"] = len(gts) / seconds if seconds > 0 else None
+    if errors_dir is not None and review:
+        from collections import Counter
+
+        from bloodsmear.evaluation.errors import write_errors
+
+        errs = write_errors(errors_dir, Path(ds.root), review)
+        report["errors"] = {"dir": str(errors_dir), "n_images": len({e.image for e in errs}),
+                            "by_kind": dict(Counter(e.kind for e in errs))}
+        log.info("%d error(s) in %d image(s): %s/errors.csv and overlays/", len(errs),
+                 report["errors"]["n_images"], errors_dir)
     return report
+
+
+def _plan_scales(pipe, images: list[AnnotatedImage], scale, rescale: float) -> dict:
+    """The fields' scales pooled per folder (`inference.scale_plan`) for the modes that pool, else {}."""
+    from bloodsmear.inference.scale_plan import plan_for
+
+    def resize(rgb: np.ndarray) -> np.ndarray:
+        size = (max(1, round(rgb.shape[1] * rescale)), max(1, round(rgb.shape[0] * rescale)))
+        return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if rescale < 1 else cv2.INTER_LINEAR)
+
+    return plan_for(pipe, [im.path for im in images], scale, transform=None if rescale == 1.0 else resize)
 
 
 def _wbc_only_type():

@@ -151,8 +151,8 @@ def _is_done(out_dir: Path, job: ImageJob, overlays: bool) -> bool:
     return record_path(out_dir, job.name).is_file() and (not overlays or overlay_path(out_dir, job.name).is_file())
 
 
-def _analyse_group(jobs: Sequence[ImageJob], out_dir: Path, pipeline, scale, overlays: bool
-                   ) -> list[tuple[ImageJob, str | None]]:
+def _analyse_group(jobs: Sequence[ImageJob], out_dir: Path, pipeline, scale, overlays: bool,
+                   scales: dict | None = None) -> list[tuple[ImageJob, str | None]]:
     """Read, analyse (cells of the group classified in one batch) and write a group of images; for each
     image the reason it was skipped, or None when done. Decoded pixels per batch stay below
     `GROUP_PIXELS` (a group of large photos is split)."""
@@ -162,7 +162,7 @@ def _analyse_group(jobs: Sequence[ImageJob], out_dir: Path, pipeline, scale, ove
 
     def flush() -> None:
         if ready:
-            out.extend(_analyse_ready(ready, out_dir, pipeline, scale, overlays))
+            out.extend(_analyse_ready(ready, out_dir, pipeline, scale, overlays, scales or {}))
             ready.clear()
 
     for job in jobs:
@@ -180,13 +180,14 @@ def _analyse_group(jobs: Sequence[ImageJob], out_dir: Path, pipeline, scale, ove
     return out
 
 
-def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipeline, scale, overlays: bool
-                   ) -> list[tuple[ImageJob, str | None]]:
+def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipeline, scale, overlays: bool,
+                   scales: dict) -> list[tuple[ImageJob, str | None]]:
     out: list[tuple[ImageJob, str | None]] = []
     todo: list[tuple[ImageJob, np.ndarray, SlideResult]] = []
     for job, rgb in ready:  # detection per image: a bad image is skipped alone
         try:
-            todo.append((job, rgb, pipeline.detect(rgb, scale=scale, name=job.name, path=job.path)))
+            todo.append((job, rgb, pipeline.detect(rgb, scale=scales.get(job.path, scale), name=job.name,
+                                                   path=job.path)))
         except Exception as e:  # noqa: BLE001
             out.append((job, _reason(job, e)))
     try:
@@ -236,7 +237,9 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
             batch_images: int = BATCH_IMAGES) -> BatchSummary:
     """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`:
     `workers` threads (default: `default_workers()`), each taking `batch_images` images at a time
-    (their cells classified in one batch)."""
+    (their cells classified in one batch). `scale`: a mode ("auto", "field", "folder"; None = the
+    pipeline config's) or a red-cell diameter in pixels; with "auto" and "folder" every input's red
+    cells are measured first and pooled per folder (`inference.scale_plan`)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -260,6 +263,7 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     pool = ThreadPoolExecutor(workers, thread_name_prefix="analyze")
     try:
         with _torch_threads(threads), logging_redirect_tqdm():
+            scales = _plan(jobs, pipeline, scale, pool, progress) if todo else {}
             queue = iter(groups)
             running: set[Future] = set()
             while True:
@@ -267,7 +271,7 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
                     group = next(queue, None)
                     if group is None:
                         break
-                    running.add(pool.submit(_analyse_group, group, out_dir, pipeline, scale, overlays))
+                    running.add(pool.submit(_analyse_group, group, out_dir, pipeline, scale, overlays, scales))
                 if not running:
                     break
                 done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -293,6 +297,19 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     if summary.n_skipped:
         log.warning("%d image(s) skipped (listed in %s)", summary.n_skipped, out_dir / "skipped.csv")
     return summary
+
+
+def _plan(jobs: Sequence[ImageJob], pipeline, scale, pool: ThreadPoolExecutor, progress: bool) -> dict:
+    """{path: ScaleChoice} of every input for the modes that pool a folder's fields, else {}."""
+    from tqdm import tqdm
+
+    from bloodsmear.inference.scale_plan import plan_for
+
+    def measure_all(fn, paths):
+        return tqdm(pool.map(fn, paths), total=len(paths), unit="img", desc="scale", leave=False,
+                    disable=not progress or None)
+
+    return plan_for(pipeline, [j.path for j in jobs], scale, map_fn=measure_all)
 
 
 def rebuild_aggregates(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summary: BatchSummary) -> list[SlideResult]:

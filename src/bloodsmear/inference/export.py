@@ -104,6 +104,7 @@ def export_cell_crops(inputs: Sequence[str | Path], out_dir: str | Path, *, pipe
     from tqdm import tqdm
 
     from bloodsmear.inference.batch import collect_images
+    from bloodsmear.inference.scale_plan import plan_for
     from bloodsmear.io import read_image, write_image_atomic, write_text_atomic
     from bloodsmear.preprocess.cells import cell_box, resize_square
 
@@ -116,13 +117,15 @@ def export_cell_crops(inputs: Sequence[str | Path], out_dir: str | Path, *, pipe
     res = ExportResult(out_dir=out, n_images=len(jobs))
     rows = _read_manifest(out / MANIFEST)
     done_images = {r["image"] for r in rows}
+    scales = plan_for(pipe, [j.path for j in jobs], scale) if any(j.name not in done_images for j in jobs) else {}
     for job in tqdm(jobs, desc="crop fields", disable=not progress, dynamic_ncols=True):
         if job.name in done_images:
             res.n_resumed += 1
             continue
         try:
             det, cells, crops, n_all = field_crops(pipe, read_image(job.path), one_per_image=one_per_image,
-                                                   scale=scale, name=job.name, path=job.path)
+                                                   scale=scales.get(job.path, scale), name=job.name,
+                                                   path=job.path)
         except InputError as e:
             res.skipped.append((str(job.path), str(e)))
             log.warning("skipped %s", e)

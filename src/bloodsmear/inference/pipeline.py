@@ -35,6 +35,7 @@ from bloodsmear.inference.stages import (
     resolve_ref,
 )
 from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
+from bloodsmear.preprocess.scale import SCALE_MODES, ScaleChoice
 from bloodsmear.settings import ZOO_DIR
 from bloodsmear.types import Cell, SlideResult
 
@@ -81,7 +82,7 @@ class PipelineConfig:
     refine_mass: float | None = None  # also refine cells whose screening probability summed over refine_classes
     #                                   is >= this (None: only cells the screening labels with one, the paper's routing)
     review_threshold: float = 0.5  # final score below this -> review flag (class kept)
-    scale: str | float = "auto"  # "auto" or the typical red-cell diameter in pixels of the input images
+    scale: str | float = "auto"  # "auto", "field", "folder" (see preprocess.scale) or the red-cell diameter in px
     crop_frame_rbc: float | None = PBC_FRAME_RBC  # crop side in red-cell diameters (PBC framing); None: box crops
     crop_padding: float | None = None  # box crops only: None = the crop function's default
     refine_crop: dict | None = None  # the refine stage's own crops {frame_rbc, padding}; None: the same crops
@@ -148,16 +149,28 @@ class PipelineConfig:
 
 
 def parse_scale(value: str | float | None, where: object = None) -> float | None:
-    """None for "auto", else the red-cell diameter in pixels (> 0)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+    """None for a mode ("auto", "field", "folder": estimated from the red cells, see
+    `bloodsmear.preprocess.scale.choose_diameters`), else the red-cell diameter in pixels (> 0)."""
+    if value is None or isinstance(value, ScaleChoice) or (isinstance(value, str)
+                                                           and value.strip().lower() in SCALE_MODES):
         return None
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InputError(where, f"scale must be 'auto' or a red-cell diameter in pixels, not {value!r}") from None
+        raise InputError(where, f"scale must be one of {', '.join(SCALE_MODES)} or a red-cell diameter in "
+                                f"pixels, not {value!r}") from None
     if not np.isfinite(v) or v <= 0:
         raise InputError(where, f"scale (red-cell diameter in pixels) must be > 0, not {value!r}")
     return v
+
+
+def scale_mode(value: str | float | None) -> str | None:
+    """The mode named by a scale value ("auto" for None), or None for a diameter in pixels."""
+    if value is None:
+        return "auto"
+    if isinstance(value, str) and value.strip().lower() in SCALE_MODES:
+        return value.strip().lower()
+    return None
 
 
 class Pipeline:
@@ -222,10 +235,15 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     def working_factor(self, small: np.ndarray, small_factor: float = 1.0,
-                       scale: str | float | None = None) -> tuple[float, float | None, str]:
+                       scale: str | float | ScaleChoice | None = None) -> tuple[float, float | None, str]:
         """(resize factor original -> working scale, red-cell diameter in original px, its source);
-        `small` is the image downscaled by `small_factor` (the red cells are measured there)."""
+        `small` is the image downscaled by `small_factor` (the red cells are measured there). A
+        `ScaleChoice` (a folder's consensus, see `inference.scale_plan`) is used as it is."""
         target = float(self.segmenter.rbc_diameter_px)
+        if isinstance(scale, ScaleChoice):
+            if scale.diameter_px is None:
+                return 1.0, None, "fallback"
+            return float(np.clip(target / scale.diameter_px, *FACTOR_RANGE)), float(scale.diameter_px), scale.source
         given = parse_scale(self.config.scale if scale is None else scale)
         if given is not None:
             return float(np.clip(target / given, *FACTOR_RANGE)), given, "given"
@@ -233,6 +251,17 @@ class Pipeline:
         if d is None or not np.isfinite(d) or d <= 0:
             return 1.0, None, "fallback"
         return float(np.clip(target / d, *FACTOR_RANGE)), float(d), "estimated"
+
+    def small_copy(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        """(the image downscaled to at most `scale_max_side`, that factor): red cells are measured there."""
+        h, w = rgb.shape[:2]
+        f_small = min(1.0, self.config.scale_max_side / max(h, w))
+        return resize_by(rgb, f_small), f_small
+
+    def estimate_rbc(self, rgb: np.ndarray) -> float | None:
+        """The field's own red-cell diameter estimate in original pixels (None when there is none)."""
+        small, f_small = self.small_copy(rgb)
+        return estimate_rbc_diameter_px(small, f_small)
 
     def segment(self, work: np.ndarray) -> list[Cell]:
         """Instances at working scale; overlapping tiles (merged) when the image is larger than `tile_size`."""
@@ -306,9 +335,10 @@ class Pipeline:
                 out[i].update(refined_label=r_cls[int(p.argmax())], refined_score=float(p.max()))
         return out
 
-    def detect(self, rgb: np.ndarray, *, scale: str | float | None = None, name: str = "image",
+    def detect(self, rgb: np.ndarray, *, scale: str | float | ScaleChoice | None = None, name: str = "image",
                path: Path | None = None) -> SlideResult:
-        """Segmentation only: WBC instances (label "wbc", score = detection score) in original pixels."""
+        """Segmentation only: WBC instances (label "wbc", score = detection score) in original pixels.
+        A scale mode ("auto", "field", "folder") on one image is its own estimate."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InputError(path or name, f"expected an RGB uint8 image, got shape {rgb.shape} {rgb.dtype}")
         h, w = rgb.shape[:2]
@@ -316,8 +346,7 @@ class Pipeline:
             raise InputError(path or name, f"image too small ({w}x{h} px; at least {MIN_SIDE} px a side)")
         t = {}
         t0 = time.perf_counter()
-        f_small = min(1.0, self.config.scale_max_side / max(h, w))
-        small = resize_by(rgb, f_small)  # one pass over the full image serves scale and resize
+        small, f_small = self.small_copy(rgb)  # one pass over the full image serves scale and resize
         factor, rbc_d, source = self.working_factor(small, f_small, scale)
         t["scale"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -332,13 +361,13 @@ class Pipeline:
         return SlideResult(name=name, width=w, height=h, cells=cells, path=path, scale=factor,
                            rbc_diameter_px=rbc_d, timings=t, meta={"scale_source": source, CROP_SOURCE: crop_src})
 
-    def run(self, rgb: np.ndarray, name: str = "image", *, scale: str | float | None = None,
+    def run(self, rgb: np.ndarray, name: str = "image", *, scale: str | float | ScaleChoice | None = None,
             path: Path | None = None) -> SlideResult:
         """Analyse one RGB uint8 image (not modified). `scale` overrides the config's scale."""
         return self.run_many([(rgb, name, path)], scale=scale)[0]
 
     def run_many(self, images: Sequence[tuple[np.ndarray, str, Path | None]], *,
-                 scale: str | float | None = None) -> list[SlideResult]:
+                 scale: str | float | ScaleChoice | None = None) -> list[SlideResult]:
         """`run` on several (rgb, name, path) images, their cells classified in one batch."""
         results = [self.detect(rgb, scale=scale, name=name, path=path) for rgb, name, path in images]
         t0 = time.perf_counter()

@@ -52,13 +52,15 @@ def cell_record(cell: Cell) -> dict:
 
 
 def image_record(result: SlideResult) -> dict:
-    """One analysed image as the paper's image object (plus scale, RBC diameter and stage timings)."""
+    """One analysed image as the paper's image object (plus scale, RBC diameter, its source and stage
+    timings)."""
     return {
         "filename": result.name,
         "height": int(result.height),
         "width": int(result.width),
         "scale": _num(result.scale),
         "rbc_diameter_px": _num(result.rbc_diameter_px),
+        "scale_source": result.meta.get("scale_source"),
         "timings_s": {k: round(float(v), 5) for k, v in result.timings.items()},
         "cells": [cell_record(c) for c in result.cells],
     }
@@ -81,6 +83,7 @@ def record_to_result(rec: dict) -> SlideResult:
         name=rec["filename"], width=int(rec["width"]), height=int(rec["height"]), cells=cells,
         scale=float(rec.get("scale") or 1.0), rbc_diameter_px=rec.get("rbc_diameter_px"),
         timings=dict(rec.get("timings_s") or {}),
+        meta={"scale_source": rec["scale_source"]} if rec.get("scale_source") else {},
     )
 
 

@@ -14,12 +14,19 @@ of discs) do not move the peak, and the few WBCs add a minor peak at a larger ra
 of merged cells make a larger peak, the first peak of at least half the height of the highest is
 taken. Pass 1 runs on a copy downscaled to ~160 px; pass 2 on a copy where the RBCs are ~20 px wide.
 
+Fields of one folder and one pixel size come from one microscope and camera, so they share a
+magnification: `choose_diameters` pools their estimates (the `--scale` modes `auto`, `field`,
+`folder`), which corrects the few fields where granulometry fails (dense fields whose clumped red
+cells make the larger peak, pale ring-shaped red cells, a large smudge cell).
+
 All functions are pure: the input image is never modified.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import Hashable, Sequence
 
 import cv2
 import numpy as np
@@ -27,6 +34,12 @@ import numpy as np
 #: RBC diameter (px) at which the second, precise pass is run.
 _PASS2_RBC_PX = 20.0
 _PASS1_SIDE = 160
+#: `--scale` values besides a red-cell diameter in pixels (see `choose_diameters`).
+SCALE_MODES = ("auto", "field", "folder")
+#: `auto`: a field's estimate further than this factor from its folder's median is replaced by the median.
+CONSENSUS_TOLERANCE = 1.33
+#: Fewer fields with an estimate than this in a folder group: no consensus, every field keeps its own.
+CONSENSUS_MIN_FIELDS = 3
 
 
 @dataclass(frozen=True)
@@ -159,3 +172,45 @@ def resize_to_scale(rgb: np.ndarray, factor: float) -> np.ndarray:
     """A resized copy (area interpolation when shrinking); `rgb` itself is never modified."""
     out = _resize(np.asarray(rgb), factor)
     return out.copy() if out is rgb else out
+
+
+@dataclass(frozen=True)
+class ScaleChoice:
+    """The red-cell diameter (original px) a field is analysed at, and where it comes from."""
+
+    diameter_px: float | None  # None: no estimate at all (the field is analysed unscaled)
+    source: str  # "estimated" (the field's own), "folder-median", or "fallback" (none)
+
+
+def choose_diameters(estimates: Sequence[float | None], groups: Sequence[Hashable], mode: str = "auto", *,
+                     tolerance: float = CONSENSUS_TOLERANCE,
+                     min_fields: int = CONSENSUS_MIN_FIELDS) -> list[ScaleChoice]:
+    """The diameter each field is analysed at, from the per-field `estimates` (None or NaN: no estimate)
+    and each field's group (fields of one folder and pixel size share their magnification).
+
+    - `field`: every field its own estimate;
+    - `folder`: every field its group's median estimate;
+    - `auto`: its own estimate, unless that is more than `tolerance` times off the group's median (or
+      missing), then the median.
+    Groups with fewer than `min_fields` estimates have no median: their fields keep their own.
+    """
+    if mode not in SCALE_MODES:
+        raise ValueError(f"unknown scale mode {mode!r} (valid: {', '.join(SCALE_MODES)})")
+    if len(estimates) != len(groups):
+        raise ValueError(f"{len(estimates)} estimates but {len(groups)} groups")
+    own = [float(e) if e is not None and math.isfinite(e) and e > 0 else None for e in estimates]
+    by_group: dict[Hashable, list[float]] = {}
+    for e, g in zip(own, groups):
+        if e is not None:
+            by_group.setdefault(g, []).append(e)
+    medians = {g: float(np.median(v)) for g, v in by_group.items() if len(v) >= max(1, min_fields)}
+    out = []
+    for e, g in zip(own, groups):
+        med = medians.get(g) if mode != "field" else None
+        if med is not None and (mode == "folder" or e is None or not med / tolerance <= e <= med * tolerance):
+            out.append(ScaleChoice(med, "folder-median"))
+        elif e is not None:
+            out.append(ScaleChoice(e, "estimated"))
+        else:
+            out.append(ScaleChoice(None, "fallback"))
+    return out

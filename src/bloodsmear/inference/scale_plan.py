@@ -1,0 +1,71 @@
+"""Red-cell scale of a run's fields, pooled per folder before any field is analysed.
+
+Fields of one folder and one pixel size come from one microscope and camera: their magnification is
+one. `plan_scales` measures every field's own red-cell diameter (the pipeline's `estimate_rbc`), groups
+the fields by (folder, height, width) and applies `bloodsmear.preprocess.scale.choose_diameters`; the
+pipeline then analyses each field at its `ScaleChoice`. The plan covers all the inputs (also those a
+resumed run has already done), so a field's scale does not depend on which fields were left to do.
+Unreadable images are left out of the plan (the analysis reports them).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from bloodsmear.io import read_image
+from bloodsmear.preprocess.scale import ScaleChoice, choose_diameters
+
+log = logging.getLogger(__name__)
+
+
+def _measure(path: Path, estimate: Callable[[np.ndarray], float | None],
+             transform: Callable[[np.ndarray], np.ndarray] | None) -> tuple[float | None, tuple[int, int]] | None:
+    try:
+        rgb = read_image(path)
+        if transform is not None:
+            rgb = transform(rgb)
+        return estimate(rgb), rgb.shape[:2]
+    except Exception as e:  # noqa: BLE001 - the analysis itself reports unreadable images
+        log.debug("no scale estimate for %s: %s", path, e)
+        return None
+
+
+def plan_scales(paths: Sequence[Path], estimate: Callable[[np.ndarray], float | None], mode: str = "auto", *,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                map_fn: Callable[..., Iterable] = map) -> dict[Path, ScaleChoice]:
+    """{path: ScaleChoice} for every readable image of `paths` (`mode`: see `choose_diameters`).
+
+    `estimate(rgb)` gives a field's own red-cell diameter in original pixels (or None); `transform` is
+    applied to each image first (e.g. `evaluate --rescale`); `map_fn` runs the measurements (a thread
+    pool's `map` runs them in parallel)."""
+    paths = [Path(p) for p in paths]
+    measured = list(map_fn(lambda p: _measure(p, estimate, transform), paths))
+    keep = [(p, m) for p, m in zip(paths, measured) if m is not None]
+    if not keep:
+        return {}
+    choices = choose_diameters([m[0] for _, m in keep], [(p.parent, m[1]) for p, m in keep], mode)
+    plan = dict(zip([p for p, _ in keep], choices))
+    n_pooled = sum(c.source == "folder-median" for c in choices)
+    if n_pooled and mode == "auto":
+        log.info("scale: %d of %d field(s) analysed at their folder's median red-cell diameter (own estimate "
+                 "off by more than the tolerance, or missing)", n_pooled, len(choices))
+    return plan
+
+
+def plan_for(pipeline, paths: Sequence[Path], scale=None, *,
+             transform: Callable[[np.ndarray], np.ndarray] | None = None,
+             map_fn: Callable[..., Iterable] = map) -> dict[Path, ScaleChoice]:
+    """`plan_scales` for a pipeline run: {} unless the scale (None: the pipeline config's) is a mode that
+    pools a folder's fields ("auto", "folder") and the pipeline measures red cells (`estimate_rbc`)."""
+    from bloodsmear.inference.pipeline import scale_mode
+
+    if scale is None:
+        scale = getattr(getattr(pipeline, "config", None), "scale", "auto")
+    mode = scale_mode(scale)
+    if mode not in ("auto", "folder") or not hasattr(pipeline, "estimate_rbc") or not paths:
+        return {}
+    return plan_scales(paths, pipeline.estimate_rbc, mode, transform=transform, map_fn=map_fn)
