@@ -23,6 +23,7 @@ def bench_analyze_cmd(
     photo_source: str = typer.Option(None, "--photo-source", help="Field the photo is made of (default: the first)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays (part of end to end)."),
     workers: int = typer.Option(None, "--workers", help="Images analysed at once (default: CPU cores, max 2)."),
+    scale: str = typer.Option(None, "--scale", help="As analyze --scale (default: the pipeline configs', auto)."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """End-to-end fields/s of the default pipeline and the Mask R-CNN pipeline on the same fields."""
@@ -31,7 +32,7 @@ def bench_analyze_cmd(
 
     d = bench_analyze(images_dir, limit=limit, pipeline=pipeline, compare=compare or None,
                       compare_limit=compare_limit, photo=photo, overlays=overlays,
-                      workers=workers, photo_source=photo_source)
+                      workers=workers, photo_source=photo_source, scale=scale)
     print_table("bench analyze", ["figure", "value"], [(k, v) for k, v in d.items() if not isinstance(v, dict)])
     if json_out:
         emit_json(d)

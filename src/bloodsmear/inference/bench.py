@@ -44,7 +44,7 @@ class PipelineTiming:
 
 
 def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True,
-                  workers: int | None = None) -> PipelineTiming:
+                  workers: int | None = None, scale: str | float | None = None) -> PipelineTiming:
     """Load a pipeline, warm it up on one field, then time `analyze` over `files` into a temp folder."""
     t0 = time.perf_counter()
     pipe = Pipeline.from_config(config)
@@ -55,7 +55,7 @@ def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True,
     pipe.run(read_image(jobs[0].path), "warm-up")
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
         t0 = time.perf_counter()
-        s = analyze(files, tmp, pipe, overlays=overlays, progress=False, workers=workers)
+        s = analyze(files, tmp, pipe, overlays=overlays, progress=False, workers=workers, scale=scale)
         secs = time.perf_counter() - t0
         stage = _stage_ms(Path(tmp))
     n = s.n_analysed
@@ -125,11 +125,12 @@ def bench_photo(config: str, source: np.ndarray | None = None, *, repeats: int =
 
 def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline: str = "default",
                   compare: str | None = "maskrcnn", compare_limit: int | None = None, photo: bool = False,
-                  overlays: bool = True, workers: int | None = None, photo_source: str | Path | None = None) -> dict:
+                  overlays: bool = True, workers: int | None = None, photo_source: str | Path | None = None,
+                  scale: str | float | None = None) -> dict:
     """Figures: `fields_per_s`, `ms_per_field`, `peak_rss_mb` of `pipeline`; `maskrcnn_fields_per_s`,
     `maskrcnn_ms_per_field`, `maskrcnn_peak_rss_mb` and `ratio` (speed-up) when `compare`; with `photo`,
     `photo_s` and `photo_peak_rss_mb` of a synthetic 4032x3024 photo made from `photo_source` (default:
-    the first field) enlarged 3.5x and tiled 2x2."""
+    the first field) enlarged 3.5x and tiled 2x2. `scale`: as `analyze --scale` (None: the configs')."""
     jobs = collect_images([images_dir])
     if limit:
         jobs = jobs[:limit]
@@ -146,12 +147,12 @@ def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline:
         from bloodsmear.io import read_image
 
         photo_res = bench_photo(pipeline, read_image(photo_source or files[0]))
-    d = time_pipeline(pipeline, files, overlays=overlays, workers=workers)
+    d = time_pipeline(pipeline, files, overlays=overlays, workers=workers, scale=scale)
     out.update({"pipeline": pipeline, "fields_per_s": d.fields_per_s, "ms_per_field": d.ms_per_field,
                 "peak_rss_mb": d.peak_rss_mb, "n_cells": d.n_cells, "stage_ms": d.stage_ms, "load_s": d.load_s})
     if compare and compare_limit != 0:  # --compare-limit 0: no comparison
         cfiles = files[:compare_limit] if compare_limit else files
-        m = time_pipeline(compare, cfiles, overlays=overlays, workers=workers)
+        m = time_pipeline(compare, cfiles, overlays=overlays, workers=workers, scale=scale)
         out.update({"compare": compare, "maskrcnn_fields_per_s": m.fields_per_s,
                     "maskrcnn_ms_per_field": m.ms_per_field,
                     "maskrcnn_peak_rss_mb": m.peak_rss_mb, "maskrcnn_n_fields": m.n_fields,

@@ -81,11 +81,13 @@ def crop_cell(
     fill = background_color(a) if background is None else np.broadcast_to(
         np.asarray(background, dtype=float), (3,)).clip(0, 255).round().astype(np.uint8)
 
-    out = np.empty((yb - ya, xb - xa, 3), np.uint8)
-    out[:] = fill
     ix0, iy0, ix1, iy1 = max(xa, 0), max(ya, 0), min(xb, w), min(yb, h)
-    if ix1 > ix0 and iy1 > iy0:
-        out[iy0 - ya : iy1 - ya, ix0 - xa : ix1 - xa] = a[iy0:iy1, ix0:ix1]
+    if ix1 > ix0 and iy1 > iy0:  # the part inside the image, padded with the fill (always a new array)
+        out = cv2.copyMakeBorder(np.ascontiguousarray(a[iy0:iy1, ix0:ix1]), iy0 - ya, yb - iy1, ix0 - xa, xb - ix1,
+                                 cv2.BORDER_CONSTANT, value=tuple(int(v) for v in fill))
+    else:
+        out = np.empty((yb - ya, xb - xa, 3), np.uint8)
+        out[:] = fill
     if mask_background:
         keep = _cell_mask(cell, (xa, ya), out.shape[:2])
         if keep is not None:

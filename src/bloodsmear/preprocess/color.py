@@ -83,12 +83,16 @@ def reinhard_normalize(rgb: np.ndarray, target: LabStats, source: LabStats | Non
     statistics to keep the image-to-image differences within that domain).
     """
     lab = rgb_to_lab(rgb)
-    src = source or lab_stats(rgb)
+    if source is None:  # the image's own statistics, from the one conversion (as `lab_stats(rgb)`)
+        mean, std = cv2.meanStdDev(lab)
+        src = LabStats(tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel()))  # type: ignore[arg-type]
+    else:
+        src = source
     mu_s, sd_s = np.asarray(src.mean, np.float32), np.maximum(np.asarray(src.std, np.float32), min_std)
     mu_t, sd_t = np.asarray(target.mean, np.float32), np.asarray(target.std, np.float32)
-    out = (lab - mu_s) / sd_s * sd_t + mu_t
-    out[..., 0] = np.clip(out[..., 0], 0.0, 100.0)
-    out[..., 1:] = np.clip(out[..., 1:], -127.0, 127.0)
+    gain = sd_t / sd_s
+    out = lab * gain + (mu_t - mu_s * gain)  # = (lab - mu_s) / sd_s * sd_t + mu_t, in two passes
+    np.clip(out, np.float32([0.0, -127.0, -127.0]), np.float32([100.0, 127.0, 127.0]), out=out)
     return lab_to_rgb(out)
 
 
