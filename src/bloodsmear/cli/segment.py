@@ -64,19 +64,21 @@ def scale(
 
     from bloodsmear.errors import InputError
     from bloodsmear.io import list_images, read_image
-    from bloodsmear.preprocess.scale import choose_diameters, estimate_rbc_diameter
+    from bloodsmear.inference.pipeline import PipelineConfig
+    from bloodsmear.preprocess.scale import choose_diameters, estimate_rbc_diameter, resize_to_scale
 
     log = logging.getLogger(__name__)
     rows, groups, skipped = [], [], 0
     for p in [f for i in images for f in list_images(i)]:
         try:
             rgb = read_image(p)
-            e = estimate_rbc_diameter(rgb)
+            f = min(1.0, PipelineConfig().scale_max_side / max(rgb.shape[:2]))  # measured as the pipeline does
+            e = estimate_rbc_diameter(resize_to_scale(rgb, f))
         except InputError as err:
             log.warning("skipped %s", err)
             skipped += 1
             continue
-        rows.append([str(p), e.diameter_px, e.confidence])
+        rows.append([str(p), e.diameter_px / f, e.confidence])
         groups.append((Path(p).parent, rgb.shape[:2]))
     try:
         chosen = choose_diameters([r[1] for r in rows], groups, mode.lower())
