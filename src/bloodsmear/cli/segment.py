@@ -64,22 +64,23 @@ def scale(
 
     from bloodsmear.errors import InputError
     from bloodsmear.io import list_images, read_image
-    from bloodsmear.inference.pipeline import PipelineConfig
-    from bloodsmear.preprocess.scale import choose_diameters, estimate_rbc_diameter, resize_to_scale
+    from bloodsmear.inference.pipeline import PipelineConfig, small_copy
+    from bloodsmear.inference.scale_plan import folder_group
+    from bloodsmear.preprocess.scale import choose_diameters, estimate_rbc_diameter
 
     log = logging.getLogger(__name__)
     rows, groups, skipped = [], [], 0
     for p in [f for i in images for f in list_images(i)]:
         try:
             rgb = read_image(p)
-            f = min(1.0, PipelineConfig().scale_max_side / max(rgb.shape[:2]))  # measured as the pipeline does
-            e = estimate_rbc_diameter(resize_to_scale(rgb, f))
+            small, f = small_copy(rgb, PipelineConfig().scale_max_side)  # measured as the pipeline does
+            e = estimate_rbc_diameter(small)
         except InputError as err:
             log.warning("skipped %s", err)
             skipped += 1
             continue
         rows.append([str(p), e.diameter_px / f, e.confidence])
-        groups.append((Path(p).parent, rgb.shape[:2]))
+        groups.append(folder_group(p, rgb.shape))
     try:
         chosen = choose_diameters([r[1] for r in rows], groups, mode.lower())
     except ValueError as err:

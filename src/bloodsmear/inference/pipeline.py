@@ -151,8 +151,7 @@ class PipelineConfig:
 def parse_scale(value: str | float | None, where: object = None) -> float | None:
     """None for a mode ("auto", "field", "folder": estimated from the red cells, see
     `bloodsmear.preprocess.scale.choose_diameters`), else the red-cell diameter in pixels (> 0)."""
-    if value is None or isinstance(value, ScaleChoice) or (isinstance(value, str)
-                                                           and value.strip().lower() in SCALE_MODES):
+    if isinstance(value, ScaleChoice) or scale_mode(value) is not None:
         return None
     try:
         v = float(value)
@@ -254,9 +253,7 @@ class Pipeline:
 
     def small_copy(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         """(the image downscaled to at most `scale_max_side`, that factor): red cells are measured there."""
-        h, w = rgb.shape[:2]
-        f_small = min(1.0, self.config.scale_max_side / max(h, w))
-        return resize_by(rgb, f_small), f_small
+        return small_copy(rgb, self.config.scale_max_side)
 
     def estimate_rbc(self, rgb: np.ndarray) -> float | None:
         """The field's own red-cell diameter estimate in original pixels (None when there is none)."""
@@ -380,6 +377,13 @@ class Pipeline:
 
 
 # ---------------------------------------------------------------------- geometry helpers
+
+
+def small_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """(`rgb` downscaled so its longer side is at most `max_side`, that factor <= 1)."""
+    h, w = rgb.shape[:2]
+    f = min(1.0, max_side / max(h, w))
+    return resize_by(rgb, f), f
 
 
 def resize_by(rgb: np.ndarray, factor: float) -> np.ndarray:

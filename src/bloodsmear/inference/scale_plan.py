@@ -22,6 +22,11 @@ from bloodsmear.preprocess.scale import ScaleChoice, choose_diameters
 log = logging.getLogger(__name__)
 
 
+def folder_group(path: Path, shape: Sequence[int]) -> tuple:
+    """The group whose fields share a magnification: (folder, height, width)."""
+    return Path(path).parent, int(shape[0]), int(shape[1])
+
+
 def _measure(path: Path, estimate: Callable[[np.ndarray], float | None],
              transform: Callable[[np.ndarray], np.ndarray] | None) -> tuple[float | None, tuple[int, int]] | None:
     try:
@@ -47,7 +52,7 @@ def plan_scales(paths: Sequence[Path], estimate: Callable[[np.ndarray], float | 
     keep = [(p, m) for p, m in zip(paths, measured) if m is not None]
     if not keep:
         return {}
-    choices = choose_diameters([m[0] for _, m in keep], [(p.parent, m[1]) for p, m in keep], mode)
+    choices = choose_diameters([m[0] for _, m in keep], [folder_group(p, m[1]) for p, m in keep], mode)
     plan = dict(zip([p for p, _ in keep], choices))
     n_pooled = sum(c.source == "folder-median" for c in choices)
     if n_pooled and mode == "auto":

@@ -55,9 +55,11 @@ def tta_views(batch: np.ndarray, mode: str) -> list[np.ndarray]:
 def predict_tta(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, mode: str) -> np.ndarray:
     """Mean of `predict(view)` over the views of `batch` (one call on all views stacked, so a network
     runs one larger batch); `predict` maps (M, H, W, C) images to (M, C) probabilities."""
+    if check_tta(mode) == "none":  # the batch itself: no copy on the default path
+        return np.asarray(predict(batch))
     views = tta_views(batch, mode)
     n = len(views[0])
-    if n == 0 or len(views) == 1:
+    if n == 0:
         return np.asarray(predict(views[0]))
     probs = np.asarray(predict(np.concatenate(views)))
     return probs.reshape(len(views), n, *probs.shape[1:]).mean(0)
