@@ -31,7 +31,7 @@ def base(tmp_path_factory):
 
 
 def _adapt(base, out, **kw):
-    from bloodsmear.training.adapt import adapt_model
+    from bloodsmear.experiments.adapt import adapt_model
 
     model_dir, src, tgt = base
     return adapt_model(model_dir, tgt, out, source=src, epochs=3, batch_size=8, train_from=1, views=2,
@@ -65,7 +65,7 @@ def test_adapt_without_a_source_limit_keeps_the_last_epoch(base, tmp_path):
 
 def test_adapt_target_folder_errors_name_the_folder(base, tmp_path):
     from bloodsmear.errors import InputError
-    from bloodsmear.training.adapt import adapt_model
+    from bloodsmear.experiments.adapt import adapt_model
 
     model_dir, src, _ = base
     with pytest.raises(InputError, match="no such target folder"):

@@ -181,7 +181,7 @@ def test_per_image_record_is_the_paper_record(smears, tmp_path):
 
 
 def test_bench_analyze_reports_both_pipelines(smears, monkeypatch):
-    from bloodsmear.inference import bench
+    from bloodsmear.experiments import bench_analyze as bench
     from bloodsmear.inference.pipeline import Pipeline
 
     monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, cfg=None: make_pipeline(scale=20)))

@@ -141,7 +141,7 @@ def test_augment_presets_pure_and_deterministic():
 
 
 def test_fit_image_crop_and_size():
-    from bloodsmear.training.data import fit_image
+    from bloodsmear.preprocess.transforms import fit_image
 
     img = np.zeros((100, 120, 3), np.uint8)
     img[40:60, 50:70] = 255

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bloodsmear.training.domain_data import crop_square, locate_wbc
+from bloodsmear.experiments.domain_data import crop_square, locate_wbc
 from bloodsmear.training.feature_cache import MapLoader, TailModel, cached_views
 
 
@@ -112,8 +112,8 @@ def test_adapt_command_end_to_end(tmp_path, rng):
 
 def test_dann_config_kind_and_unknown_keys(tmp_path):
     from bloodsmear.errors import InputError
-    from bloodsmear.training.dann_trainer import load_dann_config, run_id
-    from bloodsmear.training.domains import load_domains_config
+    from bloodsmear.experiments.dann import load_dann_config, run_id
+    from bloodsmear.experiments.domains_config import load_domains_config
 
     p = tmp_path / "c.yaml"
     p.write_text("kind: dann\nsource: {name: pbc}\ntarget: {name: lisc}\nstain: true\n")
@@ -132,7 +132,7 @@ def test_lisc_wbc_located_in_real_fields(data_root):
     from conftest import need
 
     from bloodsmear.io import read_image
-    from bloodsmear.training.domain_data import stain_contrast
+    from bloodsmear.experiments.domain_data import stain_contrast
 
     lisc = need(data_root, "lisc")
     files = [sorted((lisc / c).glob("*.jpg"))[:4] for c in ("basophil", "eosinophil", "lymphocyte", "monocyte",

@@ -31,7 +31,7 @@ def lisc_test_crops(data_root):
     from conftest import need
 
     from bloodsmear.models.artifact import load_model
-    from bloodsmear.training.domain_data import DomainSpec, build_domain
+    from bloodsmear.experiments.domain_data import DomainSpec, build_domain
 
     need(data_root, "lisc")
     info = load_model(FOLDER).info
@@ -47,7 +47,7 @@ def lisc_test_crops(data_root):
 @pytest.mark.skipif(not FOLDER.is_dir(), reason=f"{NAME} not shipped")
 @pytest.mark.parametrize("tta", ["none", "d8"])
 def test_shipped_adapted_model_on_lisc_test_split(lisc_test_crops, tta):
-    from bloodsmear.evaluation.metrics import classification_report_arrays
+    from bloodsmear.metrics.classification import classification_report_arrays
     from bloodsmear.inference.classify import CellClassifier
 
     images, labels = lisc_test_crops

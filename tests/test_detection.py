@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bloodsmear.evaluation.detection import (
+from bloodsmear.metrics.detection import (
     box_iou, cell_full_mask, coco_ap, counting_errors, evaluate_detection, match_cells, matched_prf,
     nucleus_coverage,
 )

@@ -37,7 +37,7 @@ def test_parse_overrides_nested_and_typed():
 
 
 def test_mean_rows_average_over_seeds():
-    from bloodsmear.training.domains import mean_rows
+    from bloodsmear.experiments.domain_tables import mean_rows
 
     base = {"table": "table6", "run": "dann_A_B", "method": "DANN", "trained_on": "pbc", "target": "lisc",
             "tested_on": "lisc", "n": 48, "epochs": 20}
@@ -71,7 +71,7 @@ def test_classifier_folder_applies_its_stain_normalisation(tmp_path, rng):
     from bloodsmear.models.artifact import ModelInfo, load_model, save_model
     from bloodsmear.models.classifier import build_classifier
     from bloodsmear.preprocess.color import ReinhardNormalizer
-    from bloodsmear.training.data import fit_image
+    from bloodsmear.preprocess.transforms import fit_image
 
     torch.manual_seed(0)
     model = build_classifier("tiny_cnn", 3, pretrained=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bloodsmear.errors import InputError
-from bloodsmear.training.grid import (
+from bloodsmear.experiments.grid import (
     GridDataset,
     RowResult,
     grid_config_from_dict,
@@ -171,7 +171,7 @@ def test_markdown_table_escapes():
 
 def test_export_cell_crops_labels_and_boxes(tmp_path, rng):
     from bloodsmear.io import write_image_atomic
-    from bloodsmear.training.grid import export_cell_crops
+    from bloodsmear.experiments.grid import export_cell_crops
     from bloodsmear.types import AnnotatedImage, Cell, Dataset
 
     img = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bloodsmear.evaluation.metrics import ClassificationReport, classification_report_arrays, plot_confusion, report_markdown
+from bloodsmear.metrics.classification import ClassificationReport, classification_report_arrays, report_markdown
+from bloodsmear.metrics.plots import plot_confusion
 
 
 def test_metrics_hand_computed():

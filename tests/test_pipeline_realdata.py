@@ -31,7 +31,7 @@ def default_pipeline():
 
 def test_bccd_fields_end_to_end(default_pipeline, data_root, tmp_path):
     from bloodsmear.data import load_dataset
-    from bloodsmear.evaluation.detection import box_iou
+    from bloodsmear.metrics.detection import box_iou
     from bloodsmear.inference.batch import analyze
     from bloodsmear.outputs.paper_json import validate
 

@@ -65,7 +65,7 @@ def test_cache_round_trip(tmp_path):
 
 def test_bccd_classical_masks_cover_the_nucleus_masks(data_root):
     need(data_root, "bccd", "nucleus_masks")
-    from bloodsmear.training.seg_masks import check_bccd_masks
+    from bloodsmear.training.seg_data import check_bccd_masks
 
     r = check_bccd_masks(data_root, "test", limit=6)
     assert r.fields >= 4 and r.empty_masks == 0

@@ -9,7 +9,7 @@ import torch
 from bloodsmear.config import TrainConfig, load_train_config
 from bloodsmear.errors import InputError
 from bloodsmear.models.classifier import build_classifier
-from bloodsmear.training.data import ArrayLoader
+from bloodsmear.training.loaders import ArrayLoader
 from bloodsmear.training.objectives import StepOutput, SupervisedObjective, build_objective
 from bloodsmear.training.trainer import build_optimizer, build_scheduler, fit
 

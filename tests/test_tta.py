@@ -122,7 +122,8 @@ def _domain_folder(root: Path, shift: int, rng) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory):
-    from bloodsmear.training.domains import DomainsConfig, run_domains
+    from bloodsmear.experiments.domains import run_domains
+    from bloodsmear.experiments.domains_config import DomainsConfig
 
     rng = np.random.default_rng(0)
     tmp = tmp_path_factory.mktemp("domains")
@@ -151,7 +152,7 @@ def test_domains_experiment_writes_tables_and_models(tiny_experiment):
 
 def test_domains_config_rejects_an_unknown_eval_tta(tmp_path):
     from bloodsmear.errors import InputError
-    from bloodsmear.training.domains import load_domains_config
+    from bloodsmear.experiments.domains_config import load_domains_config
 
     p = tmp_path / "d.yaml"
     p.write_text("kind: domains\neval_tta: [d4]\n")
@@ -162,7 +163,7 @@ def test_domains_config_rejects_an_unknown_eval_tta(tmp_path):
 
 
 def test_rescore_without_tta_reproduces_the_recorded_figures(tiny_experiment):
-    from bloodsmear.training.domain_rescore import rescore_domains
+    from bloodsmear.experiments.rescore import rescore_domains
 
     cfg, res = tiny_experiment
     again = rescore_domains(cfg, "none")
@@ -179,7 +180,7 @@ def test_rescore_with_d8_leaves_out_missing_weights(tiny_experiment, tmp_path):
     import shutil
 
     from bloodsmear.errors import InputError
-    from bloodsmear.training.domain_rescore import rescore_domains
+    from bloodsmear.experiments.rescore import rescore_domains
 
     cfg, _ = tiny_experiment
     copy = tmp_path / "copy"

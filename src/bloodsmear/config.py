@@ -16,7 +16,11 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import yaml
+
 from bloodsmear.errors import InputError
+from bloodsmear.io import write_json_atomic, write_text_atomic
+from bloodsmear.settings import data_root
 
 
 @dataclass
@@ -126,8 +130,6 @@ def load_config_dict(path: str | Path) -> dict:
         if path.suffix.lower() == ".json":
             d = json.loads(text)
         else:
-            import yaml
-
             d = yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 - yaml/json raise several types
         raise InputError(path, f"not a readable config ({e.__class__.__name__}: {e})") from e
@@ -154,14 +156,10 @@ def merge(base: dict, over: dict) -> dict:
 
 def parse_overrides(items: list[str] | None, where: object = "--set") -> dict:
     """`["train.epochs=2", "device=cuda"]` -> {"train": {"epochs": 2}, "device": "cuda"} (values parsed as YAML)."""
-    import yaml
-
     out: dict = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            from bloodsmear.errors import InputError
-
             raise InputError(where, f"expected KEY=VALUE (dotted keys for nested settings), got {item!r}")
         node = out
         parts = key.strip().split(".")
@@ -173,13 +171,9 @@ def parse_overrides(items: list[str] | None, where: object = "--set") -> dict:
 
 def save_config(cfg: Any, dest: str | Path) -> Path:
     """Write a config dataclass (or dict) as JSON or YAML, by suffix, atomically."""
-    from bloodsmear.io import write_json_atomic, write_text_atomic
-
     d = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
     dest = Path(dest)
     if dest.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
         return write_text_atomic(dest, yaml.safe_dump(d, sort_keys=False))
     return write_json_atomic(dest, d)
 
@@ -191,6 +185,5 @@ def resolve_dataset_path(dataset: str | Path) -> Path:
         return p
     if str(dataset).startswith(("./", "../")) or p.exists():
         return p.resolve()
-    from bloodsmear.settings import data_root
 
     return data_root() / p

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from bloodsmear.errors import InputError
 
@@ -67,8 +68,6 @@ def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) without decoding the pixels."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return im.size
@@ -132,3 +131,14 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def image_name(path: str | Path, root: str | Path | None = None) -> str:
+    """How writers name an image: its path relative to `root` (POSIX) when below it, else its file name."""
+    path = Path(path)
+    if root is not None:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path.name

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from bloodsmear.cli.common import emit_json, print_table
+from bloodsmear.errors import BloodsmearError
+from bloodsmear.experiments.adapt import adapt_model
 
 
 def adapt_cmd(
@@ -36,9 +38,6 @@ def adapt_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Adapt a classifier to a lab's unlabelled images (DANN) and save a new model folder with its card."""
-    from bloodsmear.errors import BloodsmearError
-    from bloodsmear.training.adapt import adapt_model
-
     try:
         res = adapt_model(model, target, out, fields=fields, pipeline=pipeline, source=source, epochs=epochs,
                           batch_size=batch_size, lr=lr, train_from=train_from, seed=seed, threads=threads,

@@ -10,6 +10,9 @@ import typer
 
 from bloodsmear.cli.common import SCALE_HELP, emit_json, print_table
 from bloodsmear.errors import BloodsmearError
+from bloodsmear.evaluation.pipeline_eval import evaluate_pipeline
+from bloodsmear.inference.batch import analyze as run_batch
+from bloodsmear.inference.pipeline import Pipeline, parse_scale
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,6 @@ def analyze(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (last line)."),
 ) -> None:
     """Find, outline, classify and count every WBC: results.json, coco.json, annotations.xml, counts.csv, overlays/."""
-    from bloodsmear.inference.batch import analyze as run_batch
-    from bloodsmear.inference.pipeline import Pipeline, parse_scale
-
     try:
         parse_scale(scale, "--scale")
         pipe = Pipeline.from_config(pipeline)
@@ -69,8 +69,6 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """Detection, segmentation and classification figures of a pipeline against annotations."""
-    from bloodsmear.evaluation.pipeline_eval import evaluate_pipeline
-
     if pipeline and segmenter:
         _fail(ValueError("give --pipeline or --segmenter, not both"))
     try:

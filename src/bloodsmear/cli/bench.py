@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from bloodsmear.cli.common import TTA_HELP, tta_option
+from bloodsmear.cli.common import TTA_HELP, emit_json, print_table, tta_option
+from bloodsmear.config import parse_overrides
+from bloodsmear.errors import BloodsmearError
+from bloodsmear.evaluation.stages_eval import evaluate_stages
+from bloodsmear.experiments.bench_analyze import bench_analyze
+from bloodsmear.experiments.domain_tables import summary
+from bloodsmear.experiments.domains import run_domains
+from bloodsmear.experiments.domains_config import load_domains_config
+from bloodsmear.experiments.grid import load_grid_config, result_table, run_grid
+from bloodsmear.experiments.rescore import rescore_domains
+from bloodsmear.inference.classify import bench_classify
+from bloodsmear.preprocess.crop_batch import bench_crop
 
 app = typer.Typer(help="Benchmarks that print figures (speed, accuracy).", no_args_is_help=True)
 
@@ -27,9 +38,6 @@ def bench_analyze_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """End-to-end fields/s of the default pipeline and the Mask R-CNN pipeline on the same fields."""
-    from bloodsmear.cli.common import emit_json, print_table
-    from bloodsmear.inference.bench import bench_analyze
-
     d = bench_analyze(images_dir, limit=limit, pipeline=pipeline, compare=compare or None,
                       compare_limit=compare_limit, photo=photo, overlays=overlays,
                       workers=workers, photo_source=photo_source, scale=scale)
@@ -46,10 +54,6 @@ def bench_grid_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the table as one JSON object (last line)."),
 ) -> None:
     """The paper's Tables 3/4: backbones x frozen/fine-tuned x datasets -> results.csv + results.md (resumable)."""
-    from bloodsmear.cli.common import emit_json, print_table
-    from bloodsmear.errors import BloodsmearError
-    from bloodsmear.training.grid import load_grid_config, result_table, run_grid
-
     try:
         res = run_grid(load_grid_config(config), only=only or None, rerun=rerun)
     except BloodsmearError as e:
@@ -81,16 +85,9 @@ def bench_domains_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object (last line)."),
 ) -> None:
     """The paper's Tables 5/6 + stain normalisation across two domains -> CSV + Markdown tables (resumable)."""
-    from bloodsmear.cli.common import emit_json, print_table
-    from bloodsmear.config import parse_overrides
-    from bloodsmear.errors import BloodsmearError
-    from bloodsmear.training.domains import load_domains_config, run_domains, summary
-
     try:
         cfg = load_domains_config(config, parse_overrides(set_))
         if rescore:
-            from bloodsmear.training.domain_rescore import rescore_domains
-
             res = rescore_domains(cfg, tta, only=only or None)
         else:
             res = run_domains(cfg, only=only or None)
@@ -113,9 +110,6 @@ def classify_bench(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Classifier throughput end to end from decoded 224 px crops, batched (figure: cells_per_s)."""
-    from bloodsmear.cli.common import emit_json, print_table
-    from bloodsmear.inference.classify import bench_classify
-
     r = bench_classify(model, n=n, batch_size=batch_size, threads=threads)
     print_table("bench classify", ["figure", "value"], list(r.items()))
     if as_json:
@@ -130,9 +124,6 @@ def bench_crop_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """The paper's C-PBC crop vs the fast one on the same images: ms/image, ratio, crop-box IoU."""
-    from bloodsmear.cli.common import emit_json, print_table
-    from bloodsmear.preprocess.crop_batch import bench_crop
-
     b = bench_crop(images_dir, limit=limit, repeat=repeat)
     print_table(f"bench crop ({b.images} images)", ["figure", "value"],
                 [(k, v) for k, v in b.to_dict().items() if k != "skipped"] + [("skipped", len(b.skipped))])
@@ -150,9 +141,6 @@ def bench_stages_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """A pipeline's screening + refine stages on labelled single-cell images (what the routing costs/gains)."""
-    from bloodsmear.cli.common import emit_json, print_table
-    from bloodsmear.evaluation.stages_eval import evaluate_stages
-
     ev = evaluate_stages(dataset, pipeline=pipeline, manifest=manifest, split=split, limit=limit)
     rep = ev.report
     print_table(f"{ev.pipeline} stages on {ev.split} (n={ev.n}, refined {ev.n_refined})",

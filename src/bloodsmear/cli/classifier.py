@@ -6,9 +6,13 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+import torch
 import typer
 
 from bloodsmear.cli.common import TTA_HELP, emit_json, print_table, tta_option
+from bloodsmear.inference.classify import classify_paths, evaluate_model, write_predictions
+from bloodsmear.metrics.plots import plot_confusion
+from bloodsmear.training.trainer import train_from_file
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +28,6 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Train a model from a config file; re-running the same command resumes after a kill."""
-    from bloodsmear.training.trainer import train_from_file
-
     over: dict = {}
     if out_dir is not None:
         over["out_dir"] = str(out_dir)
@@ -53,10 +55,6 @@ def classify_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (summary) as the last line."),
 ) -> None:
     """Classify single-cell images: class and probabilities per image (bad images reported and skipped)."""
-    import torch
-
-    from bloodsmear.inference.classify import classify_paths, write_predictions
-
     if threads:
         torch.set_num_threads(threads)
     res = classify_paths(inputs, model=model, batch_size=batch_size, progress=progress, tta=tta)
@@ -93,9 +91,6 @@ def eval_classifier_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Score a classifier: macro P/R/F1, accuracy, per class, confusion matrix."""
-    from bloodsmear.evaluation.metrics import plot_confusion
-    from bloodsmear.inference.classify import evaluate_model
-
     ev = evaluate_model(model, dataset, split_manifest=split, split=part, format=fmt, limit=limit, tta=tta)
     rep = ev.report
     print_table(f"{Path(ev.model).name} on {ev.split} (n={ev.n})", ["class", "precision", "recall", "f1", "support"],

@@ -6,9 +6,13 @@ import json
 import logging
 from typing import Any, Iterable, Sequence
 
+import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+
+from bloodsmear.inference.tta import check_tta
+from bloodsmear.io import _json_default
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -34,8 +38,6 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
 
 def emit_json(obj: Any) -> None:
     """Print one JSON object as the last line of output (the `--json` contract)."""
-    from bloodsmear.io import _json_default
-
     print(json.dumps(obj, default=_json_default), flush=True)
 
 
@@ -47,10 +49,6 @@ def _fmt(v: Any) -> str:
 
 def tta_option(value: str) -> str:
     """Typer callback of `--tta`: the mode name, or a usage error listing the valid ones."""
-    import typer
-
-    from bloodsmear.inference.tta import check_tta
-
     try:
         return check_tta(value)
     except ValueError as e:

@@ -8,6 +8,11 @@ from pathlib import Path
 import typer
 
 from bloodsmear.cli.common import SCALE_HELP, emit_json, print_table
+from bloodsmear.data import load_dataset
+from bloodsmear.errors import BloodsmearError
+from bloodsmear.inference.export import export_cell_crops
+from bloodsmear.preprocess.cells import crop_dataset_cells
+from bloodsmear.preprocess.crop_batch import crop_pbc_folder
 
 app = typer.Typer(help="Crop single-cell images (C-PBC) or annotated cells out of fields.", no_args_is_help=True)
 log = logging.getLogger(__name__)
@@ -23,9 +28,6 @@ def crop_pbc_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Crop every image around its white cell (the paper's C-PBC); re-runs skip files already done."""
-    from bloodsmear.errors import BloodsmearError
-    from bloodsmear.preprocess.crop_batch import crop_pbc_folder
-
     try:
         s = crop_pbc_folder(src, dst, method=method, size=size, progress=progress)
     except (BloodsmearError, ValueError) as e:
@@ -55,10 +57,6 @@ def crop_cells_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Crop every annotated WBC into DST/<class>/<image>_<index>.jpg (BCCD: the WBC subtype is the class)."""
-    from bloodsmear.data import load_dataset
-    from bloodsmear.errors import BloodsmearError
-    from bloodsmear.preprocess.cells import crop_dataset_cells
-
     try:
         ds = load_dataset(dataset, format)
     except BloodsmearError as e:
@@ -94,9 +92,6 @@ def crop_fields_cmd(
 ) -> None:
     """Crop every WBC the pipeline's segmenter finds in fields, framed as `analyze` frames them
     (e.g. a DANN target domain); writes OUT/<relative path>[_k].png and OUT/crops.csv; re-runs resume."""
-    from bloodsmear.errors import BloodsmearError
-    from bloodsmear.inference.export import export_cell_crops
-
     try:
         r = export_cell_crops(inputs, out, pipeline=pipeline, one_per_image=one_per_image, size=size, ext=ext,
                               scale=scale, progress=progress)

@@ -8,6 +8,10 @@ from pathlib import Path
 import typer
 
 from bloodsmear.cli.common import emit_json, print_table
+from bloodsmear.data import load_dataset
+from bloodsmear.data.splits import SCHEMES, make_split, save_manifest
+from bloodsmear.data.summary import summarize
+from bloodsmear.errors import BloodsmearError
 
 app = typer.Typer(help="Datasets: summaries and split manifests.", no_args_is_help=True)
 log = logging.getLogger(__name__)
@@ -16,9 +20,6 @@ _FORMAT_HELP = "Dataset format: auto, pbc, lisc, folders, voc, cvat, coco."
 
 
 def _load(path: Path, fmt: str, strict: bool):
-    from bloodsmear.data import load_dataset
-    from bloodsmear.errors import BloodsmearError
-
     try:
         ds = load_dataset(path, fmt, strict=strict)
     except BloodsmearError as e:
@@ -38,8 +39,6 @@ def summary(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Images, cells per class, subclasses, image sizes and skipped entries of a dataset."""
-    from bloodsmear.data.summary import summarize
-
     s = summarize(_load(path, format, strict))
     print_table(f"{s.name} ({s.format}): {s.images} images, {s.cells} cells", ["class", "cells", "subclasses"],
                 [(c, n, ", ".join(f"{k} {v}" for k, v in s.subclasses.get(c, {}).items()))
@@ -72,8 +71,6 @@ def split(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Seeded stratified split (duplicates kept together), written as a manifest JSON file."""
-    from bloodsmear.data.splits import SCHEMES, make_split, save_manifest
-
     if scheme not in SCHEMES:
         log.error("unknown scheme %r (valid: %s)", scheme, ", ".join(SCHEMES))
         raise typer.Exit(2)

@@ -9,10 +9,17 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+import torch
 import typer
 
 from bloodsmear.cli.common import emit_json, print_table
 from bloodsmear.errors import BloodsmearError
+from bloodsmear.evaluation.complexity import complexity_rows, model_complexity
+from bloodsmear.experiments.grid import markdown_table, write_csv
+from bloodsmear.io import write_text_atomic
+from bloodsmear.models.artifact import load_model
+from bloodsmear.viz.insight import actmax_model, conv_layer_names, gradcam_model
+from bloodsmear.viz.tsne import tsne_model
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +46,6 @@ def complexity(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Conv/dense layers, parameters (frozen and fine-tuned), activation memory, file size, train/inference time."""
-    import torch
-
-    from bloodsmear.evaluation.complexity import complexity_rows, model_complexity
-    from bloodsmear.training.grid import markdown_table, write_csv
-    from bloodsmear.io import write_text_atomic
-
     if threads:
         torch.set_num_threads(threads)
     results = []
@@ -88,12 +89,8 @@ def actmax(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Activation maximisation (the paper's Fig. 10): the input that most excites a filter, from noise."""
-    from bloodsmear.viz.insight import actmax_model, conv_layer_names
-
     try:
         if list_layers:
-            from bloodsmear.models.artifact import load_model
-
             for name in conv_layer_names(load_model(model).model):
                 typer.echo(name)
             return
@@ -116,8 +113,6 @@ def gradcam(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Grad-CAM heat maps over single-cell images (cell | heat map side by side)."""
-    from bloodsmear.viz.insight import gradcam_model
-
     try:
         d = gradcam_model(model, images, out, layer=layer, target=target)
     except (BloodsmearError, KeyError, ValueError) as e:
@@ -142,8 +137,6 @@ def tsne(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """t-SNE of the penultimate (Dense(128)) features, coloured by class."""
-    from bloodsmear.viz.tsne import tsne_model
-
     try:
         d = tsne_model(model, dataset, out, n=n, fmt=fmt, seed=seed)
     except (BloodsmearError, KeyError, ValueError) as e:

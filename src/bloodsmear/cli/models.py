@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bloodsmear.cli.common import emit_json, print_table
+from bloodsmear.models.artifact import DEFAULT_MODEL, list_shipped, read_card_metrics, read_info, resolve_model
 
 app = typer.Typer(help="Shipped models (src/bloodsmear/zoo).", no_args_is_help=True)
 
@@ -12,8 +13,6 @@ app = typer.Typer(help="Shipped models (src/bloodsmear/zoo).", no_args_is_help=T
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line.")) -> None:
     """Shipped classifier models with their card metrics (test split)."""
-    from bloodsmear.models.artifact import DEFAULT_MODEL, list_shipped, read_card_metrics, read_info, resolve_model
-
     rows, out = [], []
     for name in list_shipped():
         folder = resolve_model(name)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 from bloodsmear.cli.common import emit_json, print_table
+from bloodsmear.errors import InputError
+from bloodsmear.inference.pipeline import PipelineConfig, small_copy
+from bloodsmear.inference.scale_plan import folder_group
+from bloodsmear.io import list_images, read_image
+from bloodsmear.preprocess.scale import choose_diameters, estimate_rbc_diameter
+from bloodsmear.settings import data_root
+from bloodsmear.training.seg_data import check_bccd_masks
+from bloodsmear.training.seg_train import train_segmenter
 
 app = typer.Typer(help="Fast WBC instance segmenter: train, check training masks, estimate scale.",
                   no_args_is_help=True)
@@ -21,8 +31,6 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Train (or resume) the fast segmenter; the best model on the val splits goes to OUT/best."""
-    from bloodsmear.training.seg_train import train_segmenter
-
     s = train_segmenter(config, out_dir=out)
     best = s["best_val"] or {}
     print_table("fast segmenter training", ["iterations", "cpu min", "best iter", "val P", "val R", "val F1"],
@@ -40,9 +48,6 @@ def check_masks(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Classical whole-cell training masks against BCCD's nucleus masks."""
-    from bloodsmear.settings import data_root
-    from bloodsmear.training.seg_masks import check_bccd_masks
-
     r = check_bccd_masks(data or data_root(), split, limit)
     print_table("BCCD classical masks vs nucleus masks", list(asdict(r)), [list(asdict(r).values())])
     if json_out:
@@ -58,16 +63,6 @@ def scale(
 ) -> None:
     """Typical red-cell diameter (px) of each image, and the one `analyze --scale MODE` uses (pooled per
     folder and pixel size); unreadable images are reported and skipped."""
-    import logging
-
-    import numpy as np
-
-    from bloodsmear.errors import InputError
-    from bloodsmear.io import list_images, read_image
-    from bloodsmear.inference.pipeline import PipelineConfig, small_copy
-    from bloodsmear.inference.scale_plan import folder_group
-    from bloodsmear.preprocess.scale import choose_diameters, estimate_rbc_diameter
-
     log = logging.getLogger(__name__)
     rows, groups, skipped = [], [], 0
     for p in [f for i in images for f in list_images(i)]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bloodsmear.data.registry import load
 from bloodsmear.types import Dataset
 
 FORMATS = ("auto", "pbc", "lisc", "folders", "voc", "cvat", "coco")
@@ -15,17 +16,4 @@ FORMATS = ("auto", "pbc", "lisc", "folders", "voc", "cvat", "coco")
 
 def load_dataset(path: str | Path, format: str = "auto", **kwargs) -> Dataset:  # noqa: A002
     """Read any supported dataset into the canonical model. Implemented in `bloodsmear.data.registry`."""
-    from bloodsmear.data.registry import load
-
     return load(Path(path), format, **kwargs)
-
-
-def image_name(path: str | Path, root: str | Path | None = None) -> str:
-    """How writers name an image: its path relative to `root` (POSIX) when below it, else its file name."""
-    path = Path(path)
-    if root is not None:
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path.name

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
+from bloodsmear import __version__
 from bloodsmear.classes import canonical
-from bloodsmear.data import image_name
 from bloodsmear.errors import InputError
+from bloodsmear.io import image_name, write_json_atomic
 from bloodsmear.types import AnnotatedImage, Cell, Dataset, polygon_area
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,6 @@ log = logging.getLogger(__name__)
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
     r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     r["counts"] = r["counts"].decode("ascii")
     return r
@@ -130,14 +130,10 @@ def to_coco_dict(
 def write_coco(dest: str | Path, images: Dataset | Iterable[AnnotatedImage],
                categories: Iterable[str] | None = None, **kw) -> Path:
     """Write `to_coco_dict(images, categories, **kw)` to `dest` atomically."""
-    from bloodsmear.io import write_json_atomic
-
     return write_json_atomic(dest, to_coco_dict(images, categories, **kw), indent=None)
 
 
 def _version() -> str:
-    from bloodsmear import __version__
-
     return __version__
 
 
@@ -154,8 +150,6 @@ def _cell_from_ann(a: dict, label: str, w: int, h: int) -> Cell:
         parts.sort(key=polygon_area, reverse=True)
         polygon, extra = parts[0], parts[1:]
     elif isinstance(seg, dict):
-        from pycocotools import mask as mask_utils
-
         rle = seg
         if isinstance(seg.get("counts"), list):
             rle = mask_utils.frPyObjects(seg, seg["size"][0], seg["size"][1])

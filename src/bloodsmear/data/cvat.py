@@ -23,11 +23,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable
 
+import cv2
 import numpy as np
 
 from bloodsmear.classes import canonical
-from bloodsmear.data import image_name
 from bloodsmear.errors import BloodsmearError, InputError
+from bloodsmear.io import image_name, write_text_atomic
 from bloodsmear.types import AnnotatedImage, Cell, Dataset
 
 log = logging.getLogger(__name__)
@@ -196,8 +197,6 @@ def display_label(label: str) -> str:
 
 def _mask_polygon(cell: Cell) -> np.ndarray | None:
     """The largest outer contour of a cell's mask, in image coordinates."""
-    import cv2
-
     if cell.mask is None or not np.any(cell.mask):
         return None
     m = np.ascontiguousarray(cell.mask.astype(np.uint8))
@@ -268,6 +267,4 @@ def to_cvat_xml(images: Dataset | Iterable[AnnotatedImage], *, root: str | Path 
 
 def write_cvat(dataset_or_images: Dataset | Iterable[AnnotatedImage], dest: str | Path, **kw) -> Path:
     """Write CVAT-for-images 1.1 XML to `dest` atomically (see `to_cvat_xml` for options)."""
-    from bloodsmear.io import write_text_atomic
-
     return write_text_atomic(dest, to_cvat_xml(dataset_or_images, **kw))

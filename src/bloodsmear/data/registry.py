@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Callable
 
 from bloodsmear.classes import LISC_CLASSES, PBC_CLASSES
+from bloodsmear.data.cvat import cvat_files
+from bloodsmear.data.folders import folder_classes
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.types import Dataset
 
@@ -57,8 +60,6 @@ def _reader(fmt: str) -> Callable[..., Dataset]:
 
 
 def _xml_root_tag(path: Path) -> str:
-    import xml.etree.ElementTree as ET
-
     try:
         for _event, elem in ET.iterparse(str(path), events=("start",)):
             return elem.tag
@@ -86,11 +87,9 @@ def detect_format(path: str | Path) -> str:
         raise InputError(path, f"cannot tell the dataset format of a {suf or 'suffix-less'} file")
     if (path / "Annotations").is_dir() and (path / "JPEGImages").is_dir():
         return "voc"
-    from bloodsmear.data.cvat import cvat_files
 
     if cvat_files(path, any_xml=False):
         return "cvat"
-    from bloodsmear.data.folders import folder_classes
 
     named = folder_classes(path)
     subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]

@@ -15,6 +15,7 @@ Entries are paths relative to the dataset root (POSIX), so a manifest works on a
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from bloodsmear import __version__
 from bloodsmear.errors import InputError
+from bloodsmear.io import write_json_atomic
 from bloodsmear.types import AnnotatedImage, Dataset
 
 log = logging.getLogger(__name__)
@@ -172,8 +178,6 @@ def _pool_rare(labels: list[str], min_count: int) -> list[str]:
 
 def _split_two(items: list[int], labels: list[str], test_frac: float, seed: int) -> tuple[list[int], list[int]]:
     """Split `items` into (rest, part) with `test_frac` of them in part, stratified when possible."""
-    from sklearn.model_selection import train_test_split
-
     n = len(items)
     if n == 0:
         return [], []
@@ -200,8 +204,6 @@ def make_split(dataset: Dataset, scheme: str = "64-16-20", seed: int = 42, *, wo
     """Split `dataset` into the scheme's parts: seeded, stratified over duplicate-groups, reproducible.
 
     `hashes`: the images' file hashes (in `dataset.images` order) when known; None = read the files."""
-    from bloodsmear import __version__
-
     if scheme not in SCHEMES:
         raise ValueError(f"unknown split scheme {scheme!r} (valid: {', '.join(SCHEMES)})")
     parts = SCHEMES[scheme]
@@ -252,7 +254,6 @@ def seeded_sample(items: list, limit: int | None, seed: int = 0) -> list:
     `limit` is None or not smaller)."""
     if limit is None or limit >= len(items):
         return list(items)
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     return [items[i] for i in sorted(rng.choice(len(items), size=limit, replace=False))]
@@ -260,14 +261,10 @@ def seeded_sample(items: list, limit: int | None, seed: int = 0) -> list:
 
 def save_manifest(manifest: SplitManifest, dest: str | Path) -> Path:
     """Write the manifest JSON atomically."""
-    from bloodsmear.io import write_json_atomic
-
     return write_json_atomic(dest, manifest.to_dict(), indent=1)
 
 
 def load_manifest(path: str | Path) -> SplitManifest:
-    import json
-
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from bloodsmear.data.folders import fill_sizes
 from bloodsmear.types import Dataset
 
 
@@ -52,8 +53,6 @@ def size_stats(sizes: list[tuple[int, int]]) -> dict:
 def summarize(dataset: Dataset, *, read_sizes: bool = True, max_skipped_entries: int = 50) -> DatasetSummary:
     """Summarise a dataset (see the module doc). `read_sizes`: fill unknown sizes from file headers."""
     if read_sizes and any(im.width <= 0 for im in dataset.images):
-        from bloodsmear.data.folders import fill_sizes
-
         fill_sizes(dataset)
     has_cells = any(im.cells for im in dataset.images)
     images_per_class = dict(sorted(Counter(im.label for im in dataset.images if im.label).items()))

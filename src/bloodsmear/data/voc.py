@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bloodsmear.classes import canonical
 from bloodsmear.errors import BloodsmearError, InputError
+from bloodsmear.io import image_size
 from bloodsmear.types import AnnotatedImage, Cell, Dataset
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,6 @@ def parse_voc_xml(path: Path, image_dir: Path, *, tolerance: float = 1.0, degene
     except ValueError as e:
         raise InputError(path, f"bad <size>: {e}") from e
     if (w <= 0 or h <= 0) and img_path.is_file():
-        from bloodsmear.io import image_size
-
         w, h = image_size(img_path)
     cells = []
     for k, obj in enumerate(root.findall("object"), start=1):

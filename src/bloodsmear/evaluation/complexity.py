@@ -25,6 +25,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from bloodsmear.models.classifier import build_classifier
+
 log = logging.getLogger(__name__)
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -362,8 +364,6 @@ def model_complexity(
 
 def build_classifier_for_complexity(name: str, mode: str, num_classes: int) -> nn.Module:
     """The paper's classifier with random weights, via the classifier core (models/classifier.py)."""
-    from bloodsmear.models.classifier import build_classifier
-
     return build_classifier(name, num_classes, mode=mode, pretrained=False)
 
 

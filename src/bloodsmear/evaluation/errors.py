@@ -22,6 +22,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from bloodsmear.io import read_image, write_image_atomic, write_text_atomic
 from bloodsmear.types import AnnotatedImage, Cell
 
 #: `DetectionError.kind` values.
@@ -118,8 +119,6 @@ def write_errors(out_dir: str | Path, root: Path, items: Sequence[tuple[Annotate
                  ) -> list[DetectionError]:
     """Write `errors.csv` and an overlay per image with an error into `out_dir`; `items` = (annotated image
     with the GT WBCs, GT cells, predicted cells, matches, one_per_field) per image. Returns the errors."""
-    from bloodsmear.io import read_image, write_image_atomic, write_text_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     errors: list[DetectionError] = []

@@ -15,16 +15,24 @@ Figures (flat, in `report["figures"]`):
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
 
 from bloodsmear.classes import canonical, is_known, to_common
+from bloodsmear.data import load_dataset
 from bloodsmear.errors import InputError, UnknownLabelError
+from bloodsmear.evaluation.errors import write_errors
+from bloodsmear.inference.pipeline import Pipeline, WbcOnly
+from bloodsmear.inference.scale_plan import plan_for
 from bloodsmear.io import read_image
+from bloodsmear.metrics.detection import WBC_LABELS, evaluate_detection, match_cells
 from bloodsmear.types import AnnotatedImage, Cell, Dataset
 
 log = logging.getLogger(__name__)
@@ -37,8 +45,6 @@ def select_split(ds: Dataset, split: str | None, manifest: str | Path | None = N
     (default: its "test" part), matched on paths relative to the dataset root, so a model is scored on
     images it never saw."""
     if manifest is not None:
-        import json
-
         try:
             parts = json.loads(Path(manifest).read_text())["splits"]
         except (OSError, ValueError, KeyError) as e:
@@ -89,8 +95,6 @@ def _gt_class(cell: Cell) -> str | None:
 
 
 def _class_prf(pairs: list[tuple[str, str]]) -> dict:
-    from sklearn.metrics import precision_recall_fscore_support
-
     if not pairs:
         return {"per_class": {}, "class_macro_f1": None, "class_accuracy": None, "n_classified": 0}
     y_true, y_pred = zip(*pairs)
@@ -103,8 +107,6 @@ def _class_prf(pairs: list[tuple[str, str]]) -> dict:
 
 
 def _load_pipeline(pipeline, segmenter):
-    from bloodsmear.inference.pipeline import Pipeline
-
     if segmenter is not None:
         return Pipeline.segmenter_only(segmenter)
     if pipeline is None or isinstance(pipeline, (str, Path)):
@@ -118,9 +120,6 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
                       errors_dir: str | Path | None = None) -> dict:
     """Run the pipeline over the dataset's split and score it (see the module doc). With `errors_dir`,
     every detection error is written there for review (`bloodsmear.evaluation.errors`)."""
-    from bloodsmear.data import load_dataset
-    from bloodsmear.evaluation.detection import WBC_LABELS, evaluate_detection, match_cells
-
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, fmt)
     images, split = select_split(ds, split, manifest)
     if limit:
@@ -204,10 +203,6 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
         figures.update(cls)
     figures["fields_per_s"] = len(gts) / seconds if seconds > 0 else None
     if errors_dir is not None and review:
-        from collections import Counter
-
-        from bloodsmear.evaluation.errors import write_errors
-
         errs = write_errors(errors_dir, Path(ds.root), review)
         report["errors"] = {"dir": str(errors_dir), "n_images": len({e.image for e in errs}),
                             "by_kind": dict(Counter(e.kind for e in errs))}
@@ -218,8 +213,6 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
 
 def _plan_scales(pipe, images: list[AnnotatedImage], scale, rescale: float) -> dict:
     """The fields' scales pooled per folder (`inference.scale_plan`) for the modes that pool, else {}."""
-    from bloodsmear.inference.scale_plan import plan_for
-
     def resize(rgb: np.ndarray) -> np.ndarray:
         size = (max(1, round(rgb.shape[1] * rescale)), max(1, round(rgb.shape[0] * rescale)))
         return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if rescale < 1 else cv2.INTER_LINEAR)
@@ -228,6 +221,4 @@ def _plan_scales(pipe, images: list[AnnotatedImage], scale, rescale: float) -> d
 
 
 def _wbc_only_type():
-    from bloodsmear.inference.pipeline import WbcOnly
-
     return WbcOnly

@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from bloodsmear.classes import canonical
+from bloodsmear.config import resolve_dataset_path
+from bloodsmear.data import load_dataset
+from bloodsmear.data.splits import seeded_sample
 from bloodsmear.errors import InputError
+from bloodsmear.evaluation.pipeline_eval import _load_pipeline, select_split
+from bloodsmear.io import read_image
+from bloodsmear.metrics.classification import classification_report_arrays
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +51,6 @@ def evaluate_stages(dataset: str | Path, *, pipeline=None, manifest: str | Path 
                     batch_size: int = 256, progress: bool = True) -> StagesEvaluation:
     """Score the pipeline's screening + refine stages on a class-per-folder set of single-cell images
     (`split` of `manifest`, or of the dataset's official split, or all); `limit`: a seeded sample."""
-    from tqdm import tqdm
-
-    from bloodsmear.classes import canonical
-    from bloodsmear.config import resolve_dataset_path
-    from bloodsmear.data import load_dataset
-    from bloodsmear.data.splits import seeded_sample
-    from bloodsmear.evaluation.metrics import classification_report_arrays
-    from bloodsmear.evaluation.pipeline_eval import _load_pipeline, select_split
-    from bloodsmear.io import read_image
-
     pipe = _load_pipeline(pipeline, None)
     root = resolve_dataset_path(dataset)
     if not root.exists():

@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.inference.pipeline import CROP_SOURCE
+from bloodsmear.inference.scale_plan import plan_for
 from bloodsmear.io import list_images, read_image, write_json_atomic, write_text_atomic
 from bloodsmear.outputs.coco import write_coco_results
 from bloodsmear.outputs.counts import write_counts_csv
@@ -240,9 +243,6 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     (their cells classified in one batch). `scale`: a mode ("auto", "field", "folder"; None = the
     pipeline config's) or a red-cell diameter in pixels; with "auto" and "folder" every input's red
     cells are measured first and pooled per folder (`inference.scale_plan`)."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -301,10 +301,6 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
 
 def _plan(jobs: Sequence[ImageJob], pipeline, scale, pool: ThreadPoolExecutor, progress: bool) -> dict:
     """{path: ScaleChoice} of every input for the modes that pool a folder's fields, else {}."""
-    from tqdm import tqdm
-
-    from bloodsmear.inference.scale_plan import plan_for
-
     def measure_all(fn, paths):
         return tqdm(pool.map(fn, paths), total=len(paths), unit="img", desc="scale", leave=False,
                     disable=not progress or None)

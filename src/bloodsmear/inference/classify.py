@@ -12,18 +12,29 @@ input size), batched, and run through a BatchNorm-folded, channels-last copy of 
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from bloodsmear.config import resolve_dataset_path
+from bloodsmear.data import load_dataset
+from bloodsmear.data.splits import load_manifest, seeded_sample
 from bloodsmear.errors import InputError
 from bloodsmear.inference.tta import check_tta, predict_tta
+from bloodsmear.io import atomic_path, is_image_file, list_images, read_image, write_json_atomic
+from bloodsmear.metrics.classification import classification_report_arrays
 from bloodsmear.models.artifact import LoadedClassifier, load_model
+from bloodsmear.preprocess.color import ReinhardNormalizer
+from bloodsmear.preprocess.transforms import fit_image, normalizer
+from bloodsmear.training.loaders import load_arrays
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +83,10 @@ class CellClassifier:
         self.info = loaded.info
         self.classes = list(loaded.info.classes)
         self.net = optimize_for_inference(loaded.model) if optimize else loaded.model.eval()
-        from bloodsmear.training.data import normalizer
 
         self._mean, self._std = normalizer(self.info.mean, self.info.std)
         self._stain = None
         if self.info.color_normalization:  # the stain normalisation the model was trained with
-            from bloodsmear.preprocess.color import ReinhardNormalizer
 
             self._stain = ReinhardNormalizer.from_dict(self.info.color_normalization)
 
@@ -87,8 +96,6 @@ class CellClassifier:
 
     def fit_batch(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """(N, S, S, 3) uint8: each crop fitted to the model's input (the inputs are not modified)."""
-        from bloodsmear.training.data import fit_image
-
         s = int(self.info.input_size)
         out = np.empty((len(crops), s, s, 3), np.uint8)
         for i, c in enumerate(crops):
@@ -149,8 +156,6 @@ _POOLS: dict[int, object] = {}
 
 def _pool(workers: int):
     """A shared thread pool per worker count (threads keep their one-torch-thread setting)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     if workers not in _POOLS:
         _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bloodsmear-classify")
     return _POOLS[workers]
@@ -172,8 +177,6 @@ def predict_proba(model: LoadedClassifier | CellClassifier, crops: Sequence[np.n
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     """Image files from files and folders (walked, sorted); returns (files, problems for missing inputs)."""
-    from bloodsmear.io import is_image_file, list_images
-
     files, problems = [], []
     for inp in inputs:
         p = Path(inp)
@@ -193,10 +196,6 @@ def classify_paths(inputs: Sequence[str | Path], *, model: str | Path | CellClas
                    batch_size: int = 256, progress: bool = True, tta: str = "none") -> ClassifyResult:
     """Classify every image under `inputs`; unreadable images are reported in `skipped`, not fatal.
     `tta`: test-time augmentation of a model given by name/folder (none | flip | d8)."""
-    from tqdm import tqdm
-
-    from bloodsmear.io import read_image
-
     clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model, tta=tta)
     files, skipped = collect_inputs(inputs)
     t0 = time.perf_counter()
@@ -226,14 +225,11 @@ def classify_paths(inputs: Sequence[str | Path], *, model: str | Path | CellClas
 
 def write_predictions(result: ClassifyResult, dest: str | Path) -> Path:
     """CSV (path, label, confidence, one column per class) or JSON, by suffix; written atomically."""
-    from bloodsmear.io import atomic_path, write_json_atomic
-
     dest = Path(dest)
     if dest.suffix.lower() == ".json":
         return write_json_atomic(dest, result.to_dict())
     if dest.suffix.lower() != ".csv":
         raise InputError(dest, "output must end in .csv or .json")
-    import csv
 
     with atomic_path(dest) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -304,12 +300,6 @@ def evaluate_model(model: str | Path = "default", dataset: str | Path | None = N
     `limit` scores a seeded sample of that many images. `tta`: test-time augmentation of a model given
     by name/folder (none | flip | d8, see `inference.tta`).
     """
-    from bloodsmear.config import resolve_dataset_path
-    from bloodsmear.data import load_dataset
-    from bloodsmear.data.splits import load_manifest, seeded_sample
-    from bloodsmear.evaluation.metrics import classification_report_arrays
-    from bloodsmear.training.data import load_arrays
-
     clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model, tta=tta)
     info = clf.info
     tdata = (info.training or {}).get("data", {})

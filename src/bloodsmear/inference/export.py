@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from bloodsmear.errors import InputError
+from bloodsmear.inference.batch import collect_images
+from bloodsmear.inference.pipeline import CROP_SOURCE, Pipeline, PipelineConfig
+from bloodsmear.inference.scale_plan import plan_for
+from bloodsmear.inference.stages import crop_cells
+from bloodsmear.io import read_image, write_image_atomic, write_text_atomic
+from bloodsmear.preprocess.cells import cell_box, resize_square
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +64,6 @@ def largest_cell(cells: Sequence) -> int | None:
 def segmenting_pipeline(pipeline=None):
     """A `Pipeline` that only segments (WBC instances), with the crop settings of `pipeline` (a Pipeline,
     a `PipelineConfig`, a config path or shipped name, or None for the shipped default)."""
-    from bloodsmear.inference.pipeline import Pipeline, PipelineConfig
-
     if isinstance(pipeline, Pipeline):
         return pipeline
     cfg = pipeline if isinstance(pipeline, PipelineConfig) else PipelineConfig.load(pipeline)
@@ -70,9 +75,6 @@ def field_crops(pipe, rgb: np.ndarray, *, one_per_image: bool = False, scale: st
     """(detection result, cells, crops, number of cells found) of one field: the pipeline's segmentation and
     crop stage (`stages.crop_cells`, framed by the red-cell size as `analyze` does); `one_per_image` keeps
     the largest cell only. `rgb` is not modified."""
-    from bloodsmear.inference.pipeline import CROP_SOURCE
-    from bloodsmear.inference.stages import crop_cells
-
     det = pipe.detect(rgb, scale=scale, name=name, path=path)
     src = det.meta.pop(CROP_SOURCE, rgb)
     cells = list(det.cells)
@@ -101,13 +103,6 @@ def export_cell_crops(inputs: Sequence[str | Path], out_dir: str | Path, *, pipe
     `pipeline`: a `Pipeline`, a pipeline config path/name, or None for the shipped default; only its
     segmenter and crop settings are used. `size`: resize crops to size x size (None: original pixels).
     """
-    from tqdm import tqdm
-
-    from bloodsmear.inference.batch import collect_images
-    from bloodsmear.inference.scale_plan import plan_for
-    from bloodsmear.io import read_image, write_image_atomic, write_text_atomic
-    from bloodsmear.preprocess.cells import cell_box, resize_square
-
     if ext not in ("png", "jpg"):
         raise ValueError(f"ext must be png or jpg, got {ext!r}")
     out = Path(out_dir)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import yaml
 
 from bloodsmear.errors import InputError
 from bloodsmear.inference.stages import (
@@ -34,8 +35,10 @@ from bloodsmear.inference.stages import (
     load_classifier,
     resolve_ref,
 )
+from bloodsmear.inference.tta import check_tta
 from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
-from bloodsmear.preprocess.scale import SCALE_MODES, ScaleChoice
+from bloodsmear.preprocess.scale import SCALE_MODES, ScaleChoice, resize_to_scale
+from bloodsmear.preprocess.tiling import cell_to_original, predict_tiled
 from bloodsmear.settings import ZOO_DIR
 from bloodsmear.types import Cell, SlideResult
 
@@ -98,8 +101,6 @@ class PipelineConfig:
     @classmethod
     def load(cls, ref: str | Path | None = None) -> "PipelineConfig":
         """Load a config: a YAML/JSON path, or a shipped pipeline name (default: "default")."""
-        import yaml
-
         ref = DEFAULT_PIPELINE if ref is None else ref
         path = Path(ref)
         if not path.is_file():
@@ -132,7 +133,6 @@ class PipelineConfig:
         if self.refine_crop is not None and (not isinstance(self.refine_crop, dict)
                                              or set(self.refine_crop) - {"frame_rbc", "padding"}):
             raise InputError(where, f"refine_crop must map frame_rbc and/or padding, not {self.refine_crop!r}")
-        from bloodsmear.inference.tta import check_tta
 
         for key in ("screening_tta", "refine_tta"):
             try:
@@ -262,8 +262,6 @@ class Pipeline:
 
     def segment(self, work: np.ndarray) -> list[Cell]:
         """Instances at working scale; overlapping tiles (merged) when the image is larger than `tile_size`."""
-        from bloodsmear.preprocess.tiling import predict_tiled
-
         return predict_tiled(self.segmenter.predict, work, size=self.config.tile_size,
                              overlap=self.config.tile_overlap)
 
@@ -390,7 +388,6 @@ def resize_by(rgb: np.ndarray, factor: float) -> np.ndarray:
     """`rgb` resized by `factor` (INTER_AREA when shrinking); the same array when factor is ~1."""
     if abs(factor - 1.0) < 1e-3:
         return rgb
-    from bloodsmear.preprocess.scale import resize_to_scale
 
     return resize_to_scale(rgb, factor)
 
@@ -398,8 +395,6 @@ def resize_by(rgb: np.ndarray, factor: float) -> np.ndarray:
 def _to_original(c: Cell, fx: float, fy: float, w: int, h: int) -> Cell:
     """A working-scale cell in original pixels (`preprocess.tiling.cell_to_original`: polygon, box and
     mask), labelled "wbc" with its detection score; a box-only detection gets its rectangle as outline."""
-    from bloodsmear.preprocess.tiling import cell_to_original
-
     if c.polygon is None or len(c.polygon) < 3:
         x1, y1, x2, y2 = c.box  # type: ignore[misc]
         c = Cell(label=c.label, polygon=np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=float), box=c.box,

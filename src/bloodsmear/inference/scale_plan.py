@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from bloodsmear.inference.pipeline import scale_mode
 from bloodsmear.io import read_image
 from bloodsmear.preprocess.scale import ScaleChoice, choose_diameters
 
@@ -66,8 +67,6 @@ def plan_for(pipeline, paths: Sequence[Path], scale=None, *,
              map_fn: Callable[..., Iterable] = map) -> dict[Path, ScaleChoice]:
     """`plan_scales` for a pipeline run: {} unless the scale (None: the pipeline config's) is a mode that
     pools a folder's fields ("auto", "folder") and the pipeline measures red cells (`estimate_rbc`)."""
-    from bloodsmear.inference.pipeline import scale_mode
-
     if scale is None:
         scale = getattr(getattr(pipeline, "config", None), "scale", "auto")
     mode = scale_mode(scale)

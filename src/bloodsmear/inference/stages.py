@@ -11,6 +11,10 @@ from typing import Sequence
 import numpy as np
 
 from bloodsmear.errors import InputError
+from bloodsmear.inference.classify import CellClassifier
+from bloodsmear.models.artifact import resolve_model
+from bloodsmear.preprocess.cells import background_color, cell_box, crop_cell
+from bloodsmear.preprocess.scale import estimate_rbc_diameter
 from bloodsmear.settings import ZOO_DIR
 from bloodsmear.types import Cell
 
@@ -27,8 +31,6 @@ def resolve_ref(ref: str | Path, base_dir: str | Path | None = None) -> Path:
             return c.resolve()
     if not p.is_absolute() and "/" not in str(ref):
         try:  # the classifier module's own resolver knows its aliases ("default")
-            from bloodsmear.models.artifact import resolve_model
-
             return Path(resolve_model(str(ref)))
         except (ImportError, AttributeError):
             pass
@@ -42,8 +44,6 @@ def resolve_ref(ref: str | Path, base_dir: str | Path | None = None) -> Path:
 def load_classifier(folder: str | Path, *, tta: str = "none"):
     """A classifier model folder as the pipeline's `CellClassifier` (`classes`, batched `predict_proba`),
     with test-time augmentation `tta` (none | flip | d8)."""
-    from bloodsmear.inference.classify import CellClassifier
-
     return CellClassifier.load(Path(folder), tta=tta)
 
 
@@ -79,8 +79,6 @@ def crop_cells(rgb: np.ndarray | CropSource, cells: Sequence[Cell], *, padding: 
     in training. Otherwise the square is the cell's box plus `padding` (default 0.15) a side.
     With a `CropSource`, crops that stay >= `MIN_CROP_PX` wide on its downscaled copy are cut there.
     """
-    from bloodsmear.preprocess.cells import background_color, cell_box, crop_cell
-
     if not cells:
         return []
     src = rgb if isinstance(rgb, CropSource) else CropSource(rgb)
@@ -105,8 +103,6 @@ def crop_cells(rgb: np.ndarray | CropSource, cells: Sequence[Cell], *, padding: 
 def estimate_rbc_diameter_px(small: np.ndarray, f: float = 1.0) -> float | None:
     """Typical red-cell diameter in ORIGINAL pixels, measured on `small` = the image resized by `f`
     (None when no red cells are found)."""
-    from bloodsmear.preprocess.scale import estimate_rbc_diameter
-
     try:
         d = estimate_rbc_diameter(small)
     except (ValueError, InputError) as e:

@@ -22,8 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from bloodsmear import __version__
 from bloodsmear.errors import InputError
+from bloodsmear.io import atomic_path, write_json_atomic, write_text_atomic
+from bloodsmear.models.classifier import WBCClassifier
+from bloodsmear.models.registry import create_backbone
 from bloodsmear.settings import ZOO_DIR
 
 log = logging.getLogger(__name__)
@@ -91,11 +96,6 @@ def _state_dict_for_save(model: torch.nn.Module, dtype: str) -> dict[str, torch.
 def save_model(model: torch.nn.Module, folder: str | Path, info: ModelInfo, *, history: list | None = None,
                metrics: dict | None = None, manifest: dict | None = None, card: str | None = None) -> Path:
     """Write a model folder. Files are written atomically; existing extra files (PNGs) are kept."""
-    from safetensors.torch import save_file
-
-    from bloodsmear import __version__
-    from bloodsmear.io import atomic_path, write_json_atomic, write_text_atomic
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     info.bloodsmear_version = info.bloodsmear_version or __version__
@@ -165,17 +165,12 @@ def read_info(folder: str | Path) -> ModelInfo:
 
 def load_model(ref: str | Path = "default", *, device: str = "cpu") -> LoadedClassifier:
     """Rebuild the network from config.json (no pretrained download) and load its weights (as float32)."""
-    from bloodsmear.models.classifier import WBCClassifier
-    from bloodsmear.models.registry import create_backbone
-
     folder = resolve_model(ref)
     info = read_info(folder)
     wfile = folder / info.weights
     if not wfile.is_file():
         raise InputError(wfile, "model weights file missing")
     if wfile.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         sd = load_file(str(wfile))
     else:
         sd = torch.load(str(wfile), map_location="cpu", weights_only=True)

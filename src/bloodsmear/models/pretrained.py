@@ -15,7 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file
 
 from bloodsmear.errors import BloodsmearError
 
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_V2_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"
+
+
+TIMM_ALIASES = {"xception": "legacy_xception"}  # our backbone name -> timm >= 0.9 name
 
 
 class WeightsNotFoundError(BloodsmearError):
@@ -86,8 +91,6 @@ def find_weights(spec) -> Path | None:
 def read_state_dict(path: str | Path) -> dict:
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     sd = torch.load(str(path), map_location="cpu", weights_only=True)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -130,11 +133,8 @@ def load_pretrained(backbone, spec, path: str | None = None, *, allow_download: 
             sd = torch.hub.load_state_dict_from_url(MOBILENET_V2_URL, map_location="cpu")
             _load_into(backbone, sd, MOBILENET_V2_URL)
             return MOBILENET_V2_URL
-        import timm
 
-        from bloodsmear.models.registry import _TIMM_ALIASES
-
-        m = timm.create_model(_TIMM_ALIASES.get(spec.name, spec.name), pretrained=True, num_classes=0)
+        m = timm.create_model(TIMM_ALIASES.get(spec.name, spec.name), pretrained=True, num_classes=0)
         backbone.body.load_state_dict(m.state_dict())
         return f"timm:{spec.name}"
     looked = ", ".join(str(d) for d in weight_dirs())

@@ -16,10 +16,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+import timm
 import torch
+import torchvision
 from torch import nn
 
 from bloodsmear.errors import BloodsmearError
+from bloodsmear.models.pretrained import TIMM_ALIASES, load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,6 @@ register_backbone(BackboneSpec(
 register_backbone(BackboneSpec(
     name="tiny_cnn", feature_dim=16, input_size=32, source="local", description="3-conv CNN for tests"))
 
-_TIMM_ALIASES = {"xception": "legacy_xception"}  # timm >= 0.9 name
 
 
 def _tiny_cnn() -> nn.Module:
@@ -130,12 +132,9 @@ def _build_body(spec: BackboneSpec) -> tuple[nn.Module, str]:
     if spec.name == "tiny_cnn":
         return _tiny_cnn(), "torchvision_features"
     if spec.name == "mobilenet_v2":
-        import torchvision
-
         return torchvision.models.mobilenet_v2(weights=None).features, "torchvision_features"
-    import timm
 
-    tname = _TIMM_ALIASES.get(spec.name, spec.name)
+    tname = TIMM_ALIASES.get(spec.name, spec.name)
     body = timm.create_model(tname, pretrained=False, num_classes=0)
     if spec.name == "vgg16":
         # timm keeps fc6/fc7 as convs ("pre_logits", 120M params); the paper's Keras VGG16 has no top:
@@ -155,8 +154,6 @@ def create_backbone(name: str, pretrained: bool | str = False, *, allow_download
     body, kind = _build_body(spec)
     bb = Backbone(body, spec, kind)
     if pretrained:
-        from bloodsmear.models.pretrained import load_pretrained
-
         load_pretrained(bb, spec, None if pretrained is True else str(pretrained), allow_download=allow_download)
     return bb
 

@@ -24,8 +24,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels, watershed
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from bloodsmear.errors import InputError
+from bloodsmear.io import atomic_path, write_json_atomic
 from bloodsmear.models.instance_filter import (
     FilterConfig,
     drop_unstained,
@@ -71,8 +76,6 @@ class UNet(nn.Module):
 
     def fuse(self) -> "UNet":
         """Fold every BatchNorm into its convolution (inference only; same outputs, fewer ops)."""
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
         self.eval()
         for blocks in (self.down, self.dec):
             for i, blk in enumerate(blocks):
@@ -170,8 +173,6 @@ def instances_from_maps(fg: np.ndarray, center: np.ndarray, *, fg_threshold: flo
     `min_area` px are dropped; the rest are grown by `expand_px` into the background (never into each
     other). Inputs are not modified.
     """
-    from skimage.segmentation import watershed
-
     mask = fg > fg_threshold
     if not mask.any():
         return np.zeros(fg.shape, np.int32)
@@ -198,8 +199,6 @@ def instances_from_maps(fg: np.ndarray, center: np.ndarray, *, fg_threshold: flo
         if len(small):
             lab[np.isin(lab, small)] = 0
     if expand_px > 0 and lab.max() > 0:
-        from skimage.segmentation import expand_labels
-
         lab = expand_labels(lab, expand_px).astype(np.int32)
     return relabel(lab)
 
@@ -224,8 +223,6 @@ def cells_from_labels(lab: np.ndarray, fg: np.ndarray, *, score_threshold: float
 
 
 def _bbox_slices(lab: np.ndarray) -> dict[int, tuple[slice, slice]]:
-    from scipy import ndimage as ndi
-
     return {i + 1: s for i, s in enumerate(ndi.find_objects(lab)) if s is not None}
 
 
@@ -288,8 +285,6 @@ class FastSegmenter:
     # -------------------------------------------------------------- folder I/O
 
     def save(self, folder: str | Path) -> Path:
-        from bloodsmear.io import atomic_path, write_json_atomic
-
         if not any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules()):
             raise ValueError("cannot save a fused network (BatchNorm folded); save the training network")
         folder = Path(folder)
@@ -311,8 +306,6 @@ def build_net(config: FastSegConfig) -> UNet:
 
 @register_segmenter(KIND)
 def load_fast_segmenter(folder: str | Path) -> FastSegmenter:
-    from bloodsmear.errors import InputError
-
     folder = Path(folder)
     cfg = FastSegConfig.from_dict(json.loads((folder / "config.json").read_text()))
     net = build_net(cfg)

@@ -10,12 +10,14 @@ pixels are done by `bloodsmear.inference` with `bloodsmear.preprocess.scale` / `
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from bloodsmear.errors import InputError
 from bloodsmear.types import Cell
 
 
@@ -47,8 +49,6 @@ def load_segmenter(folder: str | Path) -> Segmenter:
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        from bloodsmear.errors import InputError
-
         raise InputError(folder, "not a segmenter model folder (no config.json)")
     kind = json.loads(cfg_path.read_text())["kind"]
     _import_builtin_kinds()
@@ -58,8 +58,6 @@ def load_segmenter(folder: str | Path) -> Segmenter:
 
 
 def _import_builtin_kinds() -> None:
-    import importlib
-
     for mod in ("bloodsmear.models.segmenter", "bloodsmear.models.maskrcnn"):
         try:
             importlib.import_module(mod)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from bloodsmear.data.coco import to_coco_dict
 from bloodsmear.io import write_json_atomic
 from bloodsmear.types import AnnotatedImage, Cell, SlideResult
 
@@ -34,8 +35,6 @@ def to_annotated_images(results: Sequence[SlideResult], *, detection_weighted: b
 
 def to_coco_results(results: Sequence[SlideResult], classes: Iterable[str] = ()) -> dict:
     """A COCO instances dict (images, annotations with scores, categories)."""
-    from bloodsmear.data.coco import to_coco_dict
-
     names = sorted(set(classes) | {c.label for r in results for c in r.cells})
     d = to_coco_dict(to_annotated_images(results, detection_weighted=True), names, root=Path("."),
                      info={"description": "bloodsmear analyze predictions", "version": "1.0"})

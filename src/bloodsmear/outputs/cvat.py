@@ -9,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from bloodsmear.data.cvat import write_cvat
 from bloodsmear.outputs.coco import to_annotated_images
 from bloodsmear.types import SlideResult
 
 
 def write_cvat_xml(dest: str | Path, results: Sequence[SlideResult], classes: Iterable[str] = ()) -> Path:
     """Write `annotations.xml` atomically; the task's labels are `classes` plus every label used."""
-    from bloodsmear.data.cvat import write_cvat
-
     labels = sorted(set(classes) | {c.label for r in results for c in r.cells})
     return write_cvat(to_annotated_images(results), dest, root=Path("."), labels=labels)

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+import jsonschema
 import numpy as np
 
 from bloodsmear.errors import InputError
@@ -103,8 +104,6 @@ def schema() -> dict:
 
 def validate(doc: dict, *, path: str | Path | None = None) -> None:
     """Raise `InputError` (naming the first problem and where it is) unless `doc` follows the schema."""
-    import jsonschema
-
     validator = jsonschema.Draft202012Validator(schema())
     err = next(iter(sorted(validator.iter_errors(doc), key=lambda e: list(e.path))), None)
     if err is not None:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
+
+from bloodsmear.preprocess.augment_paper import PaperPolicy
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 _PRESETS: dict[str, Augment] = {}
@@ -36,8 +39,6 @@ def list_augments() -> list[str]:
 def get_augment(name: str | None) -> Augment:
     if name is None:
         name = "none"
-    if name not in _PRESETS:
-        import bloodsmear.preprocess.augment_paper  # noqa: F401 - registers "paper_dann" (the paper's policy)
     if name not in _PRESETS:
         raise KeyError(f"unknown augment preset {name!r} (valid: {', '.join(list_augments())})")
     return _PRESETS[name]
@@ -90,3 +91,17 @@ def light(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 __all__ = ["register_augment", "get_augment", "list_augments", "flips_rot90", "color_jitter"]
+
+
+@register_augment("paper_dann")
+def paper_dann_batch(x, g):
+    """`augment: paper_dann`: the policy per image of a float (B, 3, H, W) batch in 0..255.
+
+    Each image gets its own numpy generator seeded from the torch generator, so the batch result is a
+    pure function of (x, generator state). Returns a new float tensor.
+    """
+    seeds = torch.randint(0, 2**31 - 1, (x.shape[0],), generator=g).tolist()
+    imgs = x.detach().permute(0, 2, 3, 1).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+    policy = PaperPolicy()
+    out = np.stack([policy(im, np.random.default_rng(s)) for im, s in zip(imgs, seeds)])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype).contiguous()

@@ -177,33 +177,3 @@ def only(flag: str, **kw) -> PaperPolicy:
     if flag not in FLAGS:
         raise ValueError(f"unknown flag {flag!r} (known: {', '.join(FLAGS)})")
     return PaperPolicy(flags=tuple(f == flag for f in FLAGS), **kw)
-
-
-# ------------------------------------------------------------------------------------------------
-# the batch-tensor preset "paper_dann" for `bloodsmear.preprocess.augment` (ArrayLoader / TrainConfig)
-
-
-def paper_dann_batch(x, g):
-    """`augment: paper_dann`: the policy per image of a float (B, 3, H, W) batch in 0..255.
-
-    Each image gets its own numpy generator seeded from the torch generator, so the batch result is a
-    pure function of (x, generator state). Returns a new float tensor.
-    """
-    import torch
-
-    seeds = torch.randint(0, 2**31 - 1, (x.shape[0],), generator=g).tolist()
-    imgs = x.detach().permute(0, 2, 3, 1).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
-    policy = PaperPolicy()
-    out = np.stack([policy(im, np.random.default_rng(s)) for im, s in zip(imgs, seeds)])
-    return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype).contiguous()
-
-
-def _register() -> None:
-    try:
-        from bloodsmear.preprocess.augment import register_augment
-    except ImportError:  # pragma: no cover - the preset registry is optional for this module
-        return
-    register_augment("paper_dann")(paper_dann_batch)
-
-
-_register()

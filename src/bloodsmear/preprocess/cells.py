@@ -14,9 +14,11 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from bloodsmear.classes import OTHER_KINDS, canonical, is_known
 from bloodsmear.errors import BloodsmearError, InputError
+from bloodsmear.io import read_image, write_image_atomic
 from bloodsmear.types import Cell, Dataset
 
 log = logging.getLogger(__name__)
@@ -205,10 +207,6 @@ def crop_dataset_cells(
     Images that are missing or unreadable are reported (``failed_images``) and skipped; files already
     written by an earlier run are kept. `size`: square output of size x size px. `classes`: only these.
     """
-    from tqdm import tqdm
-
-    from bloodsmear.io import read_image, write_image_atomic
-
     dst = Path(dst)
     want = None if classes is None else {canonical(c) for c in classes}
     summary = CellCropSummary()

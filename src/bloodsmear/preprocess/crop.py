@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
 
 from bloodsmear.errors import InputError
 
@@ -156,9 +158,6 @@ def box_iou(a: Box, b: Box) -> float:
 
 def paper_crop(rgb: np.ndarray) -> CropResult:
     """The paper's C-PBC crop, faithfully (scipy EDT, skimage peak_local_max and watershed)."""
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-
     a = _check_rgb(rgb)
     h, w = a.shape[:2]
     mask = stain_mask(a)
@@ -382,4 +381,3 @@ def _largest_circle(
     return best_r, best_c, len(found)
 
 
-from bloodsmear.preprocess.cells import crop_cell  # noqa: E402  (re-exported: crop.crop_cell)

@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.io import list_images, read_image, write_image_atomic
+from bloodsmear.preprocess.cells import resize_square
 from bloodsmear.preprocess.crop import METHODS, box_iou, crop, crop_box, fast_crop, paper_crop
 
 log = logging.getLogger(__name__)
@@ -59,10 +61,6 @@ def crop_pbc_folder(
     `size`: resize each crop to size x size. Images already present in `dst` are skipped (resume).
     A file that is not a readable colour image is reported in ``failed`` and skipped.
     """
-    from tqdm import tqdm
-
-    from bloodsmear.preprocess.cells import resize_square
-
     if method not in METHODS:
         raise ValueError(f"unknown crop method {method!r} (valid: {', '.join(METHODS)})")
     src, dst = Path(src), Path(dst)
@@ -126,8 +124,6 @@ def bench_crop(
     method runs that many times per image and the fastest run counts (as `timeit` does), which keeps
     a busy machine's pauses out of the figures.
     """
-    from tqdm import tqdm
-
     files = list_images(Path(images))
     if limit:
         files = files[: int(limit)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 
 from bloodsmear.types import Cell
@@ -127,8 +128,6 @@ def predict_tiled(predict: Callable[[np.ndarray], list[Cell]], rgb: np.ndarray, 
 def cell_to_original(c: Cell, fx: float, fy: float, width: int, height: int) -> Cell:
     """A working-scale cell in original pixels: polygon (pixel centres), box (pixel edges) and mask
     (resized to the original box, nearest neighbour) divided by the per-axis factors, clipped."""
-    import cv2
-
     poly = None
     if c.polygon is not None and len(c.polygon):
         poly = (c.polygon + 0.5) / np.array([fx, fy]) - 0.5

@@ -19,8 +19,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from bloodsmear.evaluation.metrics import ClassificationReport, classification_report_arrays
+from bloodsmear.metrics.classification import ClassificationReport, classification_report_arrays
 from bloodsmear.training.objectives import Objective
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: t
 
     Loaders yield CPU tensors; with `device` each batch is moved there (model and objective must be there).
     """
-    from tqdm import tqdm
-
     model.train()
     objective.train()
     if hasattr(loader, "set_epoch"):
@@ -121,8 +120,6 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: t
 def predict(model: nn.Module, loader, *, progress: bool = False,
             device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (N, C), labels (N,)) over a loader; labels are -1 where the loader has none."""
-    from tqdm import tqdm
-
     model.eval()
     probs, ys = [], []
     for x, y in tqdm(loader, desc="predict", disable=not progress, leave=False):

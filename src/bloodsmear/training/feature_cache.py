@@ -20,6 +20,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
+
+from bloodsmear.io import atomic_path
+from bloodsmear.preprocess.transforms import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +90,6 @@ class TailModel(nn.Module):
 def extract_maps(tail: TailModel, images: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
                  batch_size: int = 64, progress: bool = False, desc: str = "trunk") -> torch.Tensor:
     """Trunk maps of uint8 crops (N, S, S, 3) -> fp16 (N, C, h, w)."""
-    from tqdm import tqdm
-
-    from bloodsmear.training.data import to_tensor
-
     dev = next(tail.parameters()).device  # the trunk runs where the model is; maps are kept on the CPU
     outs = []
     for b in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
@@ -109,8 +109,6 @@ def cached_views(tail: TailModel, images: np.ndarray, *, policy: Callable | None
                  mean: Sequence[float], std: Sequence[float], cache: str | Path | None = None,
                  progress: bool = False) -> torch.Tensor:
     """(N, V, C, h, w) fp16 trunk maps of V views per crop, read from / written to `cache` (.pt)."""
-    from bloodsmear.io import atomic_path
-
     if cache is not None and Path(cache).is_file():
         t = torch.load(cache, map_location="cpu", weights_only=True)
         if t.shape[0] == len(images) and t.shape[1] == views:
@@ -127,7 +125,7 @@ def cached_views(tail: TailModel, images: np.ndarray, *, policy: Callable | None
 class MapLoader:
     """Batches (maps, labels) from cached views: each epoch picks one view per crop (seeded).
 
-    Same interface as `bloodsmear.training.data.ArrayLoader`: iterate for `(x, y)`, `set_epoch`, `len`.
+    Same interface as `bloodsmear.training.loaders.ArrayLoader`: iterate for `(x, y)`, `set_epoch`, `len`.
     """
 
     def __init__(self, maps: torch.Tensor, labels: np.ndarray | None, *, batch_size: int, shuffle: bool = True,

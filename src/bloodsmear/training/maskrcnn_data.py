@@ -17,7 +17,10 @@ import torch
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
+from bloodsmear.data import load_dataset
 from bloodsmear.io import atomic_path, read_image
+from bloodsmear.settings import data_path
+from bloodsmear.training.seg_masks import whole_cell_mask
 from bloodsmear.types import AnnotatedImage, Cell
 
 MASK_RECIPES = {
@@ -77,8 +80,6 @@ def wbc_mask(rgb: np.ndarray, box: Sequence[float], method: str = "classical", *
         raise ValueError(f"unknown mask method {method!r}; known: {', '.join(MASK_RECIPES)}")
     h, w = rgb.shape[:2]
     if method == "grabcut":
-        from bloodsmear.training.seg_masks import whole_cell_mask
-
         m = whole_cell_mask(rgb, tuple(int(round(v)) for v in box))
         if m.any():
             return m
@@ -118,9 +119,6 @@ def with_wbc_masks(im: AnnotatedImage, rgb: np.ndarray, method: str = "classical
 
 def bccd_split(root: str | Path | None, split: str) -> tuple[list[AnnotatedImage], float]:
     """The BCCD fields of an official split and BCCD's median RBC box size (its RBC diameter, px)."""
-    from bloodsmear.data import load_dataset
-    from bloodsmear.settings import data_path
-
     ds = load_dataset(Path(root) if root else data_path("bccd"), "voc")
     if split not in ds.splits:
         raise ValueError(f"BCCD has no split {split!r}; known: {sorted(ds.splits)}")

@@ -30,16 +30,30 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
-from bloodsmear.evaluation.detection import DetectionReport, coco_ap, evaluate_detection
+from bloodsmear.cli.common import emit_json, setup_logging
 from bloodsmear.io import atomic_path, read_image, write_json_atomic, write_text_atomic
+from bloodsmear.metrics.detection import DetectionReport, coco_ap, evaluate_detection
 from bloodsmear.models.maskrcnn import (
-    MaskRCNNConfig, backbone_parameters, build_maskrcnn, detections_to_cells, load_maskrcnn, save_maskrcnn,
+    MaskRCNNConfig,
+    backbone_parameters,
+    build_maskrcnn,
+    detections_to_cells,
+    load_maskrcnn,
+    save_maskrcnn,
     set_score_threshold,
 )
 from bloodsmear.training.maskrcnn_data import (
-    MASK_RECIPES, FieldDataset, bccd_split, collate, resize_rgb, to_tensors, train_transforms, with_wbc_masks,
+    MASK_RECIPES,
+    FieldDataset,
+    bccd_split,
+    collate,
+    resize_rgb,
+    to_tensors,
+    train_transforms,
+    with_wbc_masks,
 )
 from bloodsmear.types import AnnotatedImage, Cell
 
@@ -79,8 +93,6 @@ class MaskRCNNTrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "MaskRCNNTrainConfig":
-        import yaml
-
         d = yaml.safe_load(Path(path).read_text()) or {}
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
@@ -398,7 +410,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--test-json", default=None, help="figures written by `eval --out`")
     c.add_argument("--notes", default="", help="a markdown file appended to the card")
     a = ap.parse_args(argv)
-    from bloodsmear.cli.common import emit_json, setup_logging
 
     setup_logging()
     if a.cmd == "train":

@@ -61,8 +61,6 @@ def list_objectives() -> list[str]:
 
 def build_objective(name: str, **kwargs) -> Objective:
     if name not in _OBJECTIVES:
-        import bloodsmear.training.dann_objective  # noqa: F401 - registers "dann" (needs feature_dim + a target loader)
-    if name not in _OBJECTIVES:
         raise KeyError(f"unknown objective {name!r} (valid: {', '.join(list_objectives())})")
     return _OBJECTIVES[name](**kwargs)
 

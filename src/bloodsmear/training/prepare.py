@@ -12,8 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bloodsmear.classes import canonical
 from bloodsmear.config import TrainConfig, resolve_dataset_path
+from bloodsmear.data import load_dataset
+from bloodsmear.data.splits import load_manifest, make_split
 from bloodsmear.errors import InputError
+from bloodsmear.training.loaders import load_arrays
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +58,6 @@ def _subsample(items: list, labels: list[str], *, fraction: float, max_per_class
 
 def split_examples(cfg: TrainConfig) -> tuple[list[str], Path, object, dict[str, tuple[list[Path], list[str]]]]:
     """(classes, root, manifest, {split: (absolute paths, labels)}) without decoding any image."""
-    from bloodsmear.classes import canonical
-    from bloodsmear.data import load_dataset
-    from bloodsmear.data.splits import load_manifest, make_split
-
     d = cfg.data
     root = resolve_dataset_path(d.dataset)
     if not root.exists():
@@ -97,8 +97,6 @@ def split_examples(cfg: TrainConfig) -> tuple[list[str], Path, object, dict[str,
 
 
 def prepare_data(cfg: TrainConfig, *, progress: bool = True) -> PreparedData:
-    from bloodsmear.training.data import load_arrays
-
     classes, root, manifest, per_split = split_examples(cfg)
     index = {c: i for i, c in enumerate(classes)}
     arrays = {}

@@ -26,7 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bloodsmear.io import read_image
+from bloodsmear.data import load_dataset
+from bloodsmear.data.splits import make_split, save_manifest
+from bloodsmear.io import atomic_path, read_image
 from bloodsmear.preprocess.scale import estimate_rbc_diameter
 from bloodsmear.training.seg_masks import central_wbc, whole_cell_mask
 
@@ -89,8 +91,6 @@ def cache_root(cfg: FieldDataConfig) -> Path:
 
 
 def bccd_images(data_root: Path, split: str):
-    from bloodsmear.data import load_dataset
-
     ds = load_dataset(data_root / "bccd", "voc")
     stems = set(ds.splits[split])
     return [im for im in ds.images if im.path.stem in stems]
@@ -98,9 +98,6 @@ def bccd_images(data_root: Path, split: str):
 
 def manifest_images(data_root: Path, name: str, fmt: str, split: str, seed: int = 42):
     """Images of a class-per-folder dataset in a seeded 80-10-10 split (bloodsmear.data.splits)."""
-    from bloodsmear.data import load_dataset
-    from bloodsmear.data.splits import make_split
-
     ds = load_dataset(data_root / name, fmt)
     m = make_split(ds, "80-10-10", seed=seed)
     return m.subset(ds, split), m
@@ -250,8 +247,6 @@ def composite_fields(backgrounds: list[SegField], cells: list, cfg: FieldDataCon
 
 
 def _save(path: Path, fields: list[SegField], stats: SourceStats) -> None:
-    from bloodsmear.io import atomic_path
-
     arrays = {}
     for i, f in enumerate(fields):
         arrays[f"img{i}"] = f.image
@@ -307,10 +302,46 @@ def build_field_dataset(data_root: str | Path, split: str, cfg: FieldDataConfig 
 
 def save_split_manifests(data_root: str | Path, folder: str | Path) -> list[Path]:
     """Write the LISC and PBC split manifests the fields were built from (BCCD: its official split)."""
-    from bloodsmear.data.splits import save_manifest
-
     out = []
     for name, fmt in (("lisc", "lisc"), ("pbc-original-sample", "pbc")):
         _, m = manifest_images(Path(data_root), name, fmt, "train")
         out.append(save_manifest(m, Path(folder) / f"split_{name}.json"))
     return out
+
+
+@dataclass
+class MaskCheck:
+    """Classical whole-cell masks against BCCD's nucleus masks (255 = nucleus), pooled over fields."""
+
+    split: str
+    fields: int
+    boxes: int
+    empty_masks: int  # WBC boxes where no nucleus was found (no training mask)
+    nucleus_inside_fraction: float  # nucleus-mask pixels inside the union of whole-cell masks
+    median_field_fraction: float
+    mean_iou: float  # IoU of the union of whole-cell masks with the BCCD mask, per field
+
+
+def check_bccd_masks(data_root, split: str = "train", limit: int | None = None) -> MaskCheck:
+    """How much of BCCD's annotated nucleus area the classical whole-cell masks cover."""
+    inside = total = boxes = empty = 0
+    fracs, ious = [], []
+    ims = [im for im in bccd_images(Path(data_root), split) if im.nucleus_mask_path and Path(im.nucleus_mask_path).is_file()]
+    for im in ims[:limit]:
+        rgb = read_image(im.path)
+        nm = cv2.imread(str(im.nucleus_mask_path), cv2.IMREAD_GRAYSCALE) > 127
+        if nm.shape != rgb.shape[:2] or not nm.any():
+            continue
+        union = np.zeros(nm.shape, bool)
+        for c in im.cells:
+            if c.label == "wbc" and c.box is not None:
+                boxes += 1
+                m = whole_cell_mask(rgb, c.box)
+                empty += int(not m.any())
+                union |= m
+        a = int((nm & union).sum())
+        inside, total = inside + a, total + int(nm.sum())
+        fracs.append(a / nm.sum())
+        ious.append(a / max(1, int((nm | union).sum())))
+    return MaskCheck(split, len(fracs), boxes, empty, inside / max(total, 1), float(np.median(fracs)) if fracs else 0.0,
+                     float(np.mean(ious)) if ious else 0.0)

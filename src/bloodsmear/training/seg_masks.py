@@ -13,8 +13,6 @@ Pure functions; inputs are never modified. Documented in docs/training-masks.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
@@ -142,46 +140,3 @@ def central_wbc(rgb: np.ndarray, rbc_diameter_px: float) -> np.ndarray:
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     margin = 0.35 * rbc_diameter_px + 0.15 * max(box[2] - box[0], box[3] - box[1])
     return whole_cell_mask(rgb, grow(box, margin, w, h), nuc)
-
-
-@dataclass
-class MaskCheck:
-    """Classical whole-cell masks against BCCD's nucleus masks (255 = nucleus), pooled over fields."""
-
-    split: str
-    fields: int
-    boxes: int
-    empty_masks: int  # WBC boxes where no nucleus was found (no training mask)
-    nucleus_inside_fraction: float  # nucleus-mask pixels inside the union of whole-cell masks
-    median_field_fraction: float
-    mean_iou: float  # IoU of the union of whole-cell masks with the BCCD mask, per field
-
-
-def check_bccd_masks(data_root, split: str = "train", limit: int | None = None) -> MaskCheck:
-    """How much of BCCD's annotated nucleus area the classical whole-cell masks cover."""
-    from pathlib import Path
-
-    from bloodsmear.io import read_image
-    from bloodsmear.training.seg_data import bccd_images
-
-    inside = total = boxes = empty = 0
-    fracs, ious = [], []
-    ims = [im for im in bccd_images(Path(data_root), split) if im.nucleus_mask_path and Path(im.nucleus_mask_path).is_file()]
-    for im in ims[:limit]:
-        rgb = read_image(im.path)
-        nm = cv2.imread(str(im.nucleus_mask_path), cv2.IMREAD_GRAYSCALE) > 127
-        if nm.shape != rgb.shape[:2] or not nm.any():
-            continue
-        union = np.zeros(nm.shape, bool)
-        for c in im.cells:
-            if c.label == "wbc" and c.box is not None:
-                boxes += 1
-                m = whole_cell_mask(rgb, c.box)
-                empty += int(not m.any())
-                union |= m
-        a = int((nm & union).sum())
-        inside, total = inside + a, total + int(nm.sum())
-        fracs.append(a / nm.sum())
-        ious.append(a / max(1, int((nm | union).sum())))
-    return MaskCheck(split, len(fracs), boxes, empty, inside / max(total, 1), float(np.median(fracs)) if fracs else 0.0,
-                     float(np.mean(ious)) if ious else 0.0)

@@ -10,6 +10,7 @@ centre). Scale augmentation: red cells log-uniform in [scale_min, scale_max] x t
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,9 +19,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import yaml
+from scipy import ndimage as ndi
 from torch import nn
 
+from bloodsmear.cli.common import setup_logging
+from bloodsmear.errors import InputError
+from bloodsmear.io import atomic_path, write_json_atomic
 from bloodsmear.models.segmenter import FastSegConfig, FastSegmenter, build_net, normalise
+from bloodsmear.settings import data_root as default_root
 from bloodsmear.training.seg_data import FieldDataConfig, SegField, build_field_dataset
 
 log = logging.getLogger(__name__)
@@ -50,14 +57,10 @@ class SegTrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "SegTrainConfig":
-        import yaml
-
         d = yaml.safe_load(Path(path).read_text()) or {}
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            from bloodsmear.errors import InputError
-
             raise InputError(path, f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**d)
 
@@ -67,8 +70,6 @@ class SegTrainConfig:
 
 def instance_targets(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(foreground, centredness) float32 maps of an instance label image."""
-    from scipy import ndimage as ndi
-
     fg = (lab > 0).astype(np.float32)
     cen = np.zeros(lab.shape, np.float32)
     for i, sl in enumerate(ndi.find_objects(lab)):
@@ -183,8 +184,6 @@ def _iou(a, b) -> float:
 
 
 def label_boxes(lab: np.ndarray) -> list[tuple[float, float, float, float]]:
-    from scipy import ndimage as ndi
-
     return [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndi.find_objects(lab) if s is not None]
 
 
@@ -228,9 +227,6 @@ def lr_at(it: int, cfg: SegTrainConfig) -> float:
 
 def train_segmenter(config_path: str | Path | SegTrainConfig, *, out_dir: str | Path | None = None) -> dict:
     """Train (or resume) the fast segmenter from a config; returns the summary written to the run folder."""
-    from bloodsmear.io import atomic_path, write_json_atomic
-    from bloodsmear.settings import data_root as default_root
-
     cfg = config_path if isinstance(config_path, SegTrainConfig) else SegTrainConfig.load(config_path)
     out = Path(out_dir or cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,9 +302,6 @@ def train_segmenter(config_path: str | Path | SegTrainConfig, *, out_dir: str | 
 
 
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - `python -m` entry point
-    import argparse
-
-    from bloodsmear.cli.common import setup_logging
 
     ap = argparse.ArgumentParser(description="Train the fast WBC segmenter from a YAML config.")
     ap.add_argument("config")

@@ -12,6 +12,7 @@ kill); a finished run is not retrained unless `restart=True`.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import logging
 import time
@@ -22,9 +23,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bloodsmear.config import TrainConfig
-from bloodsmear.evaluation.metrics import ClassificationReport
+from bloodsmear.config import TrainConfig, load_config_dict, load_train_config
+from bloodsmear.errors import InputError
+from bloodsmear.io import atomic_path, write_json_atomic
+from bloodsmear.metrics.classification import ClassificationReport
+from bloodsmear.metrics.plots import plot_confusion, plot_history
+from bloodsmear.models.artifact import ModelInfo, load_model, save_model
+from bloodsmear.models.card import render_card
+from bloodsmear.models.classifier import build_classifier
 from bloodsmear.training.engine import evaluate, train_one_epoch
+from bloodsmear.training.loaders import ArrayLoader
+from bloodsmear.training.objectives import build_objective
+from bloodsmear.training.prepare import prepare_data
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -167,8 +177,6 @@ def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, 
         if max_minutes is not None and elapsed > max_minutes * 60 and not done:
             stopped, done = "time_budget", True
         if ckpt_path is not None:
-            from bloodsmear.io import atomic_path
-
             state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
@@ -190,13 +198,6 @@ def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, 
 # ----------------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, write_card: bool = True) -> TrainResult:
     """Run one experiment end to end and write the model folder `out_dir/model`."""
-    from bloodsmear.io import write_json_atomic
-    from bloodsmear.models.artifact import ModelInfo, save_model
-    from bloodsmear.models.classifier import build_classifier
-    from bloodsmear.training.data import ArrayLoader
-    from bloodsmear.training.objectives import build_objective
-    from bloodsmear.training.prepare import prepare_data
-
     torch.set_num_threads(max(1, int(cfg.threads)))
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out_dir)
@@ -248,12 +249,8 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
     save_model(model, model_dir, info, history=fr.history, metrics=metrics, manifest=data.manifest)
     plot_history(fr.history, model_dir / "history.png", title=cfg.name)
     if test_rep is not None:
-        from bloodsmear.evaluation.metrics import plot_confusion
-
         plot_confusion(test_rep, model_dir / "confusion_test.png", title=f"{cfg.name} test")
     if write_card:
-        from bloodsmear.models.card import render_card
-
         (model_dir / "card.md").write_text(render_card(info, metrics, fr.history, data), encoding="utf-8")
     write_json_atomic(out / "result.json", {**metrics, "model_dir": str(model_dir)})
     return TrainResult(out_dir=out, model_dir=model_dir, history=fr.history, val=val_rep, test=test_rep,
@@ -263,9 +260,6 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
 
 def _init_from(model: torch.nn.Module, ref: str, classes: list[str]) -> None:
     """Start from a trained model folder's weights (same backbone, classes and head)."""
-    from bloodsmear.errors import InputError
-    from bloodsmear.models.artifact import load_model
-
     src = load_model(ref)
     if list(src.info.classes) != list(classes) or src.info.backbone != model.backbone.spec.name:
         raise InputError(str(src.path), f"init_from model has backbone {src.info.backbone} and classes {src.info.classes}; "
@@ -289,20 +283,13 @@ def register_train_kind(kind: str):
 
 @register_train_kind("classifier")
 def _train_classifier_file(path, overrides: dict | None = None, *, restart: bool = False, progress: bool = True):
-    from bloodsmear.config import load_train_config
-
     return train(load_train_config(path, overrides), restart=restart, progress=progress)
 
 
 def train_from_file(path: str | Path, overrides: dict | None = None, *, restart: bool = False, progress: bool = True):
     """Run the experiment in a config file; its `kind` (default "classifier") picks the runner."""
-    from bloodsmear.config import load_config_dict
-    from bloodsmear.errors import InputError
-
     kind = str(load_config_dict(path).get("kind", "classifier"))
     if kind not in TRAIN_KINDS:
-        import importlib
-
         for mod in (f"bloodsmear.training.{kind}", f"bloodsmear.training.{kind}_trainer"):
             try:
                 importlib.import_module(mod)
@@ -323,38 +310,9 @@ def _check_resume_config(cfg: TrainConfig, out: Path, ckpt: Path) -> None:
     ignore = {"max_train_minutes", "threads", "eval_batch_size"}
     diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
     if diff:
-        from bloodsmear.errors import InputError
-
         raise InputError(ckpt, f"checkpoint was written with a different config (differs in: {', '.join(diff)}); "
                                "use another out_dir or --restart")
 
 
-def plot_history(history: list[dict], dest: str | Path, *, title: str = "") -> Path | None:
-    """Loss, accuracy and precision per epoch, train vs validation (the paper's Figs. 12-13)."""
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=100)
-    for ax, key, name in zip(axes, ("loss", "accuracy", "precision"), ("loss", "accuracy", "macro precision")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            ys = [h.get(f"{split}_{key}") for h in history]
-            if any(v is not None for v in ys):
-                ax.plot(ep, [np.nan if v is None else v for v in ys], style, ms=3, label=split)
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title, fontsize=10)
-    from bloodsmear.evaluation.metrics import save_png
-
-    return save_png(fig, dest)
-
-
 __all__ = ["fit", "train", "train_from_file", "register_train_kind", "FitResult", "TrainResult", "build_optimizer",
-           "build_scheduler", "plot_history"]
+           "build_scheduler"]

@@ -17,6 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bloodsmear.io import list_images, read_image, write_image_atomic
+from bloodsmear.models.artifact import load_model
+from bloodsmear.preprocess.transforms import fit_image, to_tensor
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -322,9 +326,6 @@ def actmax_model(ref: str | Path, layer: str | None, filters: Sequence[int], out
                  size: int | None = None, seed: int = 0) -> dict:
     """Activation maximisation of `filters` of `layer` (default: the last conv) of a model folder or
     shipped name; one PNG tiling every filter's image. Returns a summary dict."""
-    from bloodsmear.io import write_image_atomic
-    from bloodsmear.models.artifact import load_model
-
     lm = load_model(ref)
     model = lm.model
     layer = layer or last_conv_layer(model)
@@ -341,10 +342,6 @@ def gradcam_model(ref: str | Path, inputs: Sequence[str | Path], out_dir: str | 
     """Grad-CAM over single-cell images (files or folders): `<stem>_gradcam.png` per image (the cell |
     the heat map over it, at least `display_size` px), the predicted class and probability per image.
     Bad files are skipped and counted."""
-    from bloodsmear.io import list_images, read_image, write_image_atomic
-    from bloodsmear.models.artifact import load_model
-    from bloodsmear.training.data import fit_image, to_tensor
-
     lm = load_model(ref)
     info, model = lm.info, lm.model
     tgt = None

@@ -12,12 +12,20 @@ Returns the (N, 2) embedding so callers can reuse it.
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
+from bloodsmear.data import load_dataset
 from bloodsmear.io import atomic_path
+from bloodsmear.models.artifact import load_model
+from bloodsmear.preprocess.transforms import to_tensor
+from bloodsmear.training.loaders import decode_images
+from bloodsmear.viz.insight import penultimate_features
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +34,6 @@ _MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*")
 
 def tsne_embed(features: np.ndarray, *, perplexity: float = 30.0, seed: int = 0, pca_dims: int = 50) -> np.ndarray:
     """(N, 2) t-SNE embedding (PCA to `pca_dims` first when D is larger); perplexity is clamped below N."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-
     x = np.asarray(features, dtype=np.float32)
     if x.ndim != 2 or len(x) < 3:
         raise ValueError(f"t-SNE needs an (N, D) array with N >= 3, got shape {x.shape}")
@@ -122,13 +127,6 @@ def tsne_model(ref: str | Path, dataset: str | Path, out: str | Path, *, n: int 
                seed: int = 0, batch_size: int = 64, perplexity: float = 30.0) -> dict:
     """t-SNE of a model's penultimate (Dense(128)) features over a seeded, class-stratified sample of
     `n` images of a class-per-folder dataset, coloured by the true class. Returns a summary dict."""
-    import random
-
-    from bloodsmear.data import load_dataset
-    from bloodsmear.models.artifact import load_model
-    from bloodsmear.training.data import decode_images, to_tensor
-    from bloodsmear.viz.insight import penultimate_features
-
     lm = load_model(ref)
     ds = load_dataset(dataset, fmt)
     by_class: dict[str, list] = {}

@@ -21,7 +21,9 @@ class mix of the target images before and after.
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bloodsmear.data.splits import SplitManifest
 from bloodsmear.errors import InputError
+from bloodsmear.experiments.domain_data import DomainSpec, build_domain, split_domain
+from bloodsmear.inference.export import field_crops, segmenting_pipeline
+from bloodsmear.io import list_images, read_image, write_json_atomic, write_text_atomic
+from bloodsmear.models.artifact import load_model, save_model
+from bloodsmear.preprocess.augment_paper import PaperPolicy
+from bloodsmear.preprocess.color import ReinhardNormalizer
+from bloodsmear.preprocess.transforms import fit_image
+from bloodsmear.settings import data_root
+from bloodsmear.training.engine import evaluate, predict, resolve_device
+from bloodsmear.training.feature_cache import MapLoader, TailModel, cached_views
+from bloodsmear.training.objectives import build_objective
+from bloodsmear.training.trainer import fit
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +76,12 @@ def read_target(folder: str | Path, size: int, *, fields: bool = False, pipeline
 
     `fields`: the images are fields; every WBC the segmenter of `pipeline` (None: the shipped default)
     finds is one crop (path `<image>#<k>`)."""
-    from bloodsmear.io import list_images, read_image
-    from bloodsmear.training.data import fit_image
-
     folder = Path(folder)
     if not folder.exists():
         raise InputError(folder, "no such target folder")
     crops, paths, skipped = [], [], []
     pipe = None
     if fields:
-        from bloodsmear.inference.export import field_crops, segmenting_pipeline
-
         pipe = segmenting_pipeline(pipeline)
     for p in list_images(folder):
         rel = p.relative_to(folder).as_posix() if p != folder else p.name
@@ -114,8 +124,6 @@ def _subsample_idx(idx: np.ndarray, labels: np.ndarray, per_class: int | None, s
 
 def _manifest_for(folder: Path, info) -> dict | None:
     """The source split manifest recorded in a model folder (a plain one, or the source's in domain_splits)."""
-    import json
-
     t = info.training or {}
     ds = folder / "domain_splits.json"
     if t.get("kind") == "domains" and ds.is_file():
@@ -134,11 +142,6 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
     The model's recorded split manifest decides the parts (so the source val/test images are ones it never
     trained on); without one, a seeded 64-16-20 split. `max_per_class` subsamples all (val, test: half).
     """
-    from bloodsmear.data.splits import SplitManifest
-    from bloodsmear.settings import data_root
-    from bloodsmear.training.data import fit_image
-    from bloodsmear.training.domain_data import DomainSpec, build_domain, split_domain
-
     t = info.training or {}
     classes = list(info.classes)
     manifest = None
@@ -180,15 +183,10 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
 
 
 def _cache_dir() -> Path:
-    import os
-
     return Path(os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "domains"
 
 
 def _mix(tail, maps: torch.Tensor, classes: list[str], device=None) -> dict:
-    from bloodsmear.training.engine import predict
-    from bloodsmear.training.feature_cache import MapLoader
-
     probs, _ = predict(tail, MapLoader(maps, None, batch_size=256, shuffle=False), device=device)
     counts = np.bincount(probs.argmax(1), minlength=len(classes))
     return {c: int(n) for c, n in zip(classes, counts)}
@@ -199,16 +197,6 @@ def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, f
                 batch_size: int = 32, lr: float = 3e-4, train_from: int = 17, views: int = 4, seed: int = 0,
                 threads: int = 1, max_per_class: int | None = None, max_source_drop: float | None = 0.01,
                 dann: dict | None = None, device: str = "cpu", progress: bool = True) -> AdaptResult:
-    from bloodsmear.io import write_json_atomic, write_text_atomic
-    from bloodsmear.models.artifact import load_model, save_model
-    from bloodsmear.preprocess.augment_paper import PaperPolicy
-    from bloodsmear.training.engine import evaluate, resolve_device
-    from bloodsmear.training.feature_cache import MapLoader, TailModel, cached_views
-    from bloodsmear.training.objectives import build_objective
-    from bloodsmear.training.trainer import fit
-
-    import bloodsmear.training.dann_objective  # noqa: F401 - registers "dann"
-
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(seed)
     loaded = load_model(model_ref)
@@ -219,7 +207,6 @@ def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, f
                                       crop_fraction=info.crop_fraction)
     parts = source_data(info, loaded.path, source, max_per_class=max_per_class, seed=seed)
     if info.color_normalization:  # what the model sees at inference (`CellClassifier`)
-        from bloodsmear.preprocess.color import ReinhardNormalizer
 
         norm = ReinhardNormalizer.from_dict(info.color_normalization)
         xt = np.stack([norm(x) for x in xt])
@@ -291,8 +278,6 @@ class _SourceKeeper:
         self.original = {k: v.detach().clone() for k, v in tail.state_dict().items()}
 
     def __call__(self, row: dict) -> None:
-        from bloodsmear.training.engine import evaluate
-
         f1 = evaluate(self.tail, self.val_loader, self.classes, device=self.device).report.macro_f1
         row["source_val_f1"] = f1
         self.scores.append(f1)

@@ -18,6 +18,7 @@ interrupted grid resumes where it stopped (and each row's own training resumes f
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -27,11 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 import yaml
 
+from bloodsmear.config import TrainConfig, merge
+from bloodsmear.data import load_dataset
 from bloodsmear.errors import InputError
-from bloodsmear.io import atomic_path, read_image, write_image_atomic, write_json_atomic, write_text_atomic
+from bloodsmear.io import atomic_path, list_images, read_image, write_image_atomic, write_json_atomic, write_text_atomic
+from bloodsmear.preprocess.cells import crop_dataset_cells
+from bloodsmear.preprocess.crop import crop, crop_box
 from bloodsmear.settings import data_root
+from bloodsmear.training.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +236,6 @@ def _filter_classes(by_class: dict[str, list], ds: GridDataset) -> dict[str, lis
 
 def prepare_dataset(ds: GridDataset, *, per_class: int | None, seed: int, cache: Path) -> tuple[Path, dict[str, int]]:
     """A class-per-folder directory for `ds` (see module doc) and its images per class."""
-    from bloodsmear.data import load_dataset
-
     src = ds.source_path()
     if not src.exists():
         raise InputError(src, f"dataset {ds.name!r}: source not found")
@@ -277,9 +282,6 @@ def prepare_dataset(ds: GridDataset, *, per_class: int | None, seed: int, cache:
 def export_cell_crops(dataset, dest: Path, *, margin: float = 0.15) -> dict[str, list[Path]]:
     """Every labelled WBC of a multi-cell dataset as a crop `dest/<class>/<stem>_<k>.jpg`
     (`bloodsmear crop cells`: `preprocess.cells.crop_dataset_cells`); returns {class: [crop paths]}."""
-    from bloodsmear.io import list_images
-    from bloodsmear.preprocess.cells import crop_dataset_cells
-
     s = crop_dataset_cells(dataset, dest, pad=margin, progress=False)
     if s.skipped:
         log.warning("%s: %d image(s)/cell(s) skipped while cropping cells", dataset.name, s.skipped)
@@ -287,8 +289,6 @@ def export_cell_crops(dataset, dest: Path, *, margin: float = 0.15) -> dict[str,
 
 
 def _write_crop(src: Path, dest: Path, method: str) -> None:
-    from bloodsmear.preprocess.crop import crop, crop_box
-
     if dest.exists():
         return
     rgb = read_image(src)
@@ -303,8 +303,6 @@ Runner = Callable[..., RowResult]  # (cfg, row, data_dir, run_dir, *, restart: b
 
 def row_train_config(cfg: GridConfig, row: GridRow, data_dir: Path, run_dir: Path):
     """The `TrainConfig` of one row: the grid's shared settings, then its `train:` pass-through keys."""
-    from bloodsmear.config import TrainConfig, merge
-
     ds = next(d for d in cfg.datasets if d.name == row.dataset)
     s = row_settings(cfg, row)
     base = {
@@ -325,8 +323,6 @@ def row_train_config(cfg: GridConfig, row: GridRow, data_dir: Path, run_dir: Pat
 def train_row(cfg: GridConfig, row: GridRow, data_dir: Path, run_dir: Path, *, restart: bool = False) -> RowResult:
     """Train and test one row with the one training engine (`bloodsmear.training.trainer.train`);
     an interrupted row resumes from its checkpoint in `run_dir` unless `restart`."""
-    from bloodsmear.training.trainer import train
-
     tr = train(row_train_config(cfg, row, data_dir, run_dir), restart=restart, progress=False, write_card=False)
     if tr.test is None:
         raise InputError(data_dir, "the split left no test images: raise per_class")
@@ -348,8 +344,6 @@ def run_grid(
     `only`: row ids (or substrings of them) to run; the table still lists every finished row.
     A failing row is logged and recorded in `skipped`; the grid goes on with the next row.
     """
-    import torch
-
     runner = runner or train_row
     out = cfg.out_dir()
     (out / "rows").mkdir(parents=True, exist_ok=True)
@@ -444,8 +438,6 @@ def markdown_table(columns: list[str], rows: list[list]) -> str:
 
 
 def write_csv(path: str | Path, columns: list[str], rows: list[list]) -> Path:
-    import csv
-
     with atomic_path(path) as tmp:
         with tmp.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)

@@ -2,7 +2,6 @@
 
     r = classification_report_arrays(y_true, y_pred, classes)
     r.macro_f1, r.accuracy, r.per_class["basophil"].recall, r.confusion, r.to_dict()
-    plot_confusion(r, "confusion.png")
 
 Labels are class indices into `classes` (or class-name strings, mapped through `classes`). Every
 class in `classes` is reported, present or not (zero-support classes get 0 precision/recall/F1 and are
@@ -12,10 +11,10 @@ left out of the macro averages only if they have neither support nor predictions
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 @dataclass
@@ -68,8 +67,6 @@ def _as_indices(y: Sequence, classes: Sequence[str]) -> np.ndarray:
 
 def classification_report_arrays(y_true: Sequence, y_pred: Sequence, classes: Sequence[str]) -> ClassificationReport:
     """Per-class and averaged precision / recall / F1, accuracy and confusion matrices."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
     classes = [str(c) for c in classes]
     t = _as_indices(y_true, classes)
     p = _as_indices(y_pred, classes)
@@ -101,47 +98,6 @@ def classification_report_arrays(y_true: Sequence, y_pred: Sequence, classes: Se
     )
 
 
-def plot_confusion(report: ClassificationReport, dest: str | Path, *, normalized: bool = True,
-                   title: str = "Confusion matrix") -> Path:
-    """Confusion matrix PNG with class names; cells show counts (and the row fraction when normalized)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(report.confusion)
-    shown = np.asarray(report.confusion_normalized) if normalized else cm
-    k = len(report.classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * k, 0.8 + 0.7 * k), dpi=110)
-    ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalized else max(1, cm.max()))
-    ax.set_xticks(range(k), report.classes, rotation=45, ha="right")
-    ax.set_yticks(range(k), report.classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{title} (n={report.n}, acc={report.accuracy:.4f})", fontsize=9)
-    for i in range(k):
-        for j in range(k):
-            if cm[i, j]:
-                txt = f"{cm[i, j]}" + (f"\n{shown[i, j]:.2f}" if normalized and i == j else "")
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
-                        color="white" if (shown[i, j] > 0.6 if normalized else cm[i, j] > cm.max() * 0.6) else "black")
-    return save_png(fig, dest)
-
-
-def save_png(fig, dest: str | Path) -> Path:
-    """tight_layout + atomic PNG write + close, for any matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    from bloodsmear.io import atomic_path
-
-    fig.tight_layout()
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return dest
-
-
 def report_markdown(report: ClassificationReport) -> str:
     """Per-class table + averages + confusion counts, as Markdown."""
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
@@ -158,5 +114,4 @@ def report_markdown(report: ClassificationReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ClassMetrics", "ClassificationReport", "classification_report_arrays", "plot_confusion",
-           "report_markdown", "save_png"]
+__all__ = ["ClassMetrics", "ClassificationReport", "classification_report_arrays", "report_markdown"]

@@ -19,29 +19,17 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from bloodsmear.errors import InputError
-from bloodsmear.io import read_image
+from bloodsmear.io import atomic_path, read_image
 from bloodsmear.preprocess.augment import get_augment
+from bloodsmear.preprocess.transforms import fit_image, normalizer, to_float
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
-
-
-def fit_image(img: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
-    """Centre square of `crop_fraction` x the short side, resized to (size, size); a new uint8 array.
-
-    Area interpolation when shrinking, bilinear when enlarging. The input is not modified.
-    """
-    h, w = img.shape[:2]
-    side = max(1, int(round(min(h, w) * crop_fraction)))
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    sq = img[y0:y0 + side, x0:x0 + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(sq, (size, size), interpolation=interp)
 
 
 def default_cache_dir() -> Path:
@@ -63,8 +51,6 @@ def _cache_key(paths: Sequence[Path], size: int, crop_fraction: float) -> str:
 def decode_images(paths: Sequence[Path], size: int, crop_fraction: float = 1.0, *, skip_bad: bool = False,
                   progress: bool = False) -> tuple[np.ndarray, list[int], list[str]]:
     """Decode + fit every image. Returns (array of the good ones, their indices, messages for bad ones)."""
-    from tqdm import tqdm
-
     out = np.empty((len(paths), size, size, 3), np.uint8)
     good, bad = [], []
     for i, p in enumerate(tqdm(paths, desc=f"decode {size}px", disable=not progress, leave=False)):
@@ -93,8 +79,6 @@ def load_arrays(paths: Sequence[str | Path], size: int, crop_fraction: float = 1
             return arr
     arr, _good, _bad = decode_images(paths, size, crop_fraction, progress=progress)
     try:
-        from bloodsmear.io import atomic_path
-
         cdir.mkdir(parents=True, exist_ok=True)
         with atomic_path(cfile) as tmp:
             with open(tmp, "wb") as f:
@@ -103,25 +87,6 @@ def load_arrays(paths: Sequence[str | Path], size: int, crop_fraction: float = 1
     except OSError as e:  # a read-only cache is not fatal
         log.warning("could not write array cache %s: %s", cfile, e)
     return arr
-
-
-def normalizer(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    m = torch.tensor([float(v) * 255.0 for v in mean]).view(1, 3, 1, 1)
-    s = torch.tensor([float(v) * 255.0 for v in std]).view(1, 3, 1, 1)
-    return m, s
-
-
-def to_float(batch: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in 0..255."""
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
-
-
-def to_tensor(batch: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
-              channels_last: bool = True) -> torch.Tensor:
-    """(B, H, W, 3) uint8 RGB -> normalised float (B, 3, H, W), the classifier's input."""
-    m, s = normalizer(mean, std)
-    x = (to_float(batch) - m) / s
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
 class ArrayLoader:
@@ -180,5 +145,4 @@ class ArrayLoader:
             yield x, y
 
 
-__all__ = ["fit_image", "decode_images", "load_arrays", "to_tensor", "to_float", "normalizer", "ArrayLoader",
-           "default_cache_dir"]
+__all__ = ["decode_images", "load_arrays", "ArrayLoader", "default_cache_dir"]

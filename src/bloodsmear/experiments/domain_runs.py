@@ -1,6 +1,6 @@
 """One cross-domain training run (supervised or DANN, with or without stain normalisation) on cached maps.
 
-Used by `bloodsmear.training.domains` (the paper's Tables 5/6). A run trains the top of a registered
+Used by `bloodsmear.experiments.domains` (the paper's Tables 5/6). A run trains the top of a registered
 backbone (blocks from `train_from` on, pooling, Dense(128) head; the frozen lower blocks' maps are
 cached once per crop and augmented view, see `feature_cache`) with the one training engine
 (`trainer.fit` -> `engine.train_one_epoch`) and the objective named in the run ("supervised" or
@@ -19,7 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bloodsmear.training.domain_data import DomainCrops, DomainSpec, build_domain, split_domain
+from bloodsmear.experiments.domain_data import DomainCrops, DomainSpec, build_domain, split_domain
+from bloodsmear.io import write_json_atomic
+from bloodsmear.metrics.classification import ClassificationReport, report_markdown
+from bloodsmear.models.artifact import ModelInfo, load_model, save_model
+from bloodsmear.models.classifier import build_classifier
+from bloodsmear.preprocess.augment_paper import PaperPolicy
+from bloodsmear.preprocess.color import ReinhardNormalizer
+from bloodsmear.training.engine import evaluate, resolve_device, to_device
+from bloodsmear.training.feature_cache import MapLoader, TailModel, cached_views
+from bloodsmear.training.objectives import build_objective
+from bloodsmear.training.trainer import fit
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +69,6 @@ class Prepared:
 
 def prepare_domains(domains: dict[str, dict], classes: list[str], *, scheme: str, split_seed: int, size: int,
                     cache_dir: Path, stain_reference: str | None = None) -> Prepared:
-    from bloodsmear.preprocess.color import ReinhardNormalizer
-
     crops, splits, manifests = {}, {}, {}
     for key, d in domains.items():
         spec = DomainSpec(**{"size": size, **d})
@@ -90,9 +98,6 @@ class MapSettings:
 
 def _maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSettings, cache_dir: Path,
           mean, std) -> torch.Tensor:
-    from bloodsmear.preprocess.augment_paper import PaperPolicy
-    from bloodsmear.training.feature_cache import cached_views
-
     idx = prep.splits[key][part]
     dom = prep.crops[key]
     views = ms.views if part == "train" else 1
@@ -127,15 +132,6 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
 
     `device`: where the model trains ("cpu", "cuda", "auto"); crops and cached maps stay on the CPU.
     """
-    from bloodsmear.io import write_json_atomic
-    from bloodsmear.models.classifier import build_classifier
-    from bloodsmear.training.engine import evaluate, resolve_device
-    from bloodsmear.training.feature_cache import MapLoader, TailModel
-    from bloodsmear.training.objectives import build_objective
-    from bloodsmear.training.trainer import fit
-
-    import bloodsmear.training.dann_objective  # noqa: F401 - registers "dann"
-
     out = out_dir / run.id
     settings = {"run": asdict(run), "maps": asdict(ms), "train": asdict(rs), "classes": prep.classes}
     done = out / "result.json"
@@ -149,7 +145,6 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     model = build_classifier(ms.backbone, len(prep.classes), mode="finetune", pretrained=rs.pretrained,
                              hidden=rs.hidden, dropout=rs.dropout)
     if ms.init_from:  # a trained classifier's backbone (its head is not reused: the classes may differ)
-        from bloodsmear.models.artifact import load_model
 
         base = load_model(ms.init_from)
         if base.info.backbone != ms.backbone:
@@ -206,8 +201,6 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
 
 def _log_val(tail, val_loader, classes, device=None):
     """Source-validation figures for runs that do not select an epoch on them (history only)."""
-    from bloodsmear.training.engine import evaluate
-
     def cb(row: dict) -> None:
         ev = evaluate(tail, val_loader, classes, device=device)
         row.update(val_loss=ev.loss, val_accuracy=ev.report.accuracy, val_f1=ev.report.macro_f1)
@@ -217,8 +210,6 @@ def _log_val(tail, val_loader, classes, device=None):
 
 @torch.no_grad()
 def _features(tail, loader, device=None) -> np.ndarray:
-    from bloodsmear.training.engine import to_device
-
     tail.eval()
     return np.concatenate([tail.forward_features(to_device(x, device)).cpu().numpy()
                            for x, _y in loader]).astype(np.float32)
@@ -226,8 +217,6 @@ def _features(tail, loader, device=None) -> np.ndarray:
 
 def _save(model, run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, fr, results: dict, out: Path,
           settings: dict, device: str = "cpu") -> Path:
-    from bloodsmear.models.artifact import ModelInfo, save_model
-
     spec = model.backbone.spec
     size = int(next(iter(prep.crops.values())).images.shape[1])
     training = {"kind": "domains", **settings, "domains": {k: c.name for k, c in prep.crops.items()},
@@ -243,7 +232,6 @@ def _save(model, run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings,
     # headline: the target domain's test split for DANN (what the model was adapted to), else the first
     # labelled training domain's
     metrics["test"] = results[run.target if run.target else run.train[0]]
-    from bloodsmear.io import write_json_atomic
 
     card = run_card(info, run, prep, metrics, fr.history)
     # split.json: the headline domain's manifest (a plain SplitManifest); every domain's in domain_splits.json
@@ -255,8 +243,6 @@ def _save(model, run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings,
 
 def run_card(info, run: RunSpec, prep: Prepared, metrics: dict, history: list[dict], *, command: str = "") -> str:
     """card.md of a domain run's model folder: what it was trained on, per-domain test metrics, history."""
-    from bloodsmear.evaluation.metrics import ClassificationReport, report_markdown
-
     names = {k: c.name for k, c in prep.crops.items()}
     t = info.training
     how = {"supervised": "supervised (cross-entropy on the labelled crops)",

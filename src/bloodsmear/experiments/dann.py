@@ -5,7 +5,7 @@
     target: {name: lisc, root: lisc, crop_side: 160}        # its labels are never used for training
     objective: dann            # or supervised (the source-only baseline of the same setting)
     stain: false               # Reinhard-normalise both domains to the source's stain first
-    maps: {...}  train: {...}  # as in configs/domains/*.yaml (`bloodsmear.training.domains`)
+    maps: {...}  train: {...}  # as in configs/domains/*.yaml (`bloodsmear.experiments.domains`)
 
 The run is the `dann_A_B` (or `src_A`, `stain_*`) run of a two-domain `DomainsConfig` (A = source,
 B = target), trained by the one engine (`trainer.fit`) with the `dann` objective; the model folder is
@@ -14,9 +14,13 @@ B = target), trained by the one engine (`trainer.fit`) with the `dann` objective
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bloodsmear.errors import InputError
+from bloodsmear.experiments.domains import run_domains
+from bloodsmear.experiments.domains_config import DomainsConfig, load_typed_config
 from bloodsmear.training.trainer import register_train_kind
 
 
@@ -52,12 +56,8 @@ class DannTrainResult:
 
 
 def load_dann_config(path: str | Path, overrides: dict | None = None) -> DannConfig:
-    from bloodsmear.training.domains import load_typed_config
-
     cfg = load_typed_config(DannConfig, path, overrides)
     if cfg.objective not in ("dann", "supervised"):
-        from bloodsmear.errors import InputError
-
         raise InputError(path, f"objective must be dann or supervised, got {cfg.objective!r}")
     return cfg
 
@@ -70,8 +70,6 @@ def run_id(cfg: DannConfig) -> str:
 
 
 def train_dann(cfg: DannConfig, *, progress: bool = True) -> DannTrainResult:
-    from bloodsmear.training.domains import DomainsConfig, run_domains
-
     rid = run_id(cfg)
     dc = DomainsConfig(name=cfg.name, domains={"A": cfg.source, "B": cfg.target}, classes=cfg.classes,
                        image_size=cfg.image_size, scheme=cfg.scheme, split_seed=cfg.split_seed, runs=[rid],
@@ -96,7 +94,5 @@ def _train_dann_file(path, overrides: dict | None = None, *, restart: bool = Fal
         over["train"] = train
     cfg = load_dann_config(path, over)
     if restart:
-        import shutil
-
         shutil.rmtree(Path(cfg.out_dir) / "runs" / run_id(cfg), ignore_errors=True)
     return train_dann(cfg, progress=progress)

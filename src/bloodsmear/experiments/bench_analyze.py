@@ -5,20 +5,26 @@ process."""
 
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing as mp
 import resource
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
 
-from bloodsmear.inference.batch import analyze, collect_images
+from bloodsmear.errors import InputError
+from bloodsmear.inference.batch import analyze, collect_images, default_workers
 from bloodsmear.inference.pipeline import Pipeline
+from bloodsmear.io import read_image, write_image_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,6 @@ def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True,
     pipe = Pipeline.from_config(config)
     load_s = time.perf_counter() - t0
     jobs = collect_images(files)
-    from bloodsmear.io import read_image
 
     pipe.run(read_image(jobs[0].path), "warm-up")
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
@@ -65,8 +70,6 @@ def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True,
 
 def _stage_ms(out_dir: Path) -> dict:
     """Mean ms per field of each pipeline stage, from the per-image records."""
-    import json
-
     acc: dict[str, list[float]] = {}
     for p in (out_dir / "_per_image").rglob("*.json"):
         for k, v in json.loads(p.read_text()).get("timings_s", {}).items():
@@ -93,8 +96,6 @@ def synthetic_photo(source: np.ndarray | None = None, size: tuple[int, int] = PH
 
 def _photo_worker(config: str, photo: str, repeats: int) -> dict:
     """In a fresh process: analyse the photo `repeats` times (first one is warm-up), report time and peak RSS."""
-    import torch
-
     torch.set_num_threads(2)
     pipe = Pipeline.from_config(config)
     rss_loaded = peak_rss_mb()
@@ -111,11 +112,6 @@ def _photo_worker(config: str, photo: str, repeats: int) -> dict:
 
 def bench_photo(config: str, source: np.ndarray | None = None, *, repeats: int = 3) -> dict:
     """Time one synthetic 4032x3024 JPEG end to end (decode .. outputs) in a fresh spawned process."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    from bloodsmear.io import write_image_atomic
-
     with tempfile.TemporaryDirectory(prefix="bench-photo-in-") as tmp:
         path = Path(tmp) / "photo_4032x3024.jpg"
         write_image_atomic(path, synthetic_photo(source), quality=90)
@@ -135,16 +131,12 @@ def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline:
     if limit:
         jobs = jobs[:limit]
     if not jobs:
-        from bloodsmear.errors import InputError
-
         raise InputError(images_dir, "no images found")
     files = [j.path for j in jobs]
-    from bloodsmear.inference.batch import default_workers
 
     out: dict = {"images_dir": str(images_dir), "n_fields": len(files), "workers": workers or default_workers()}
     photo_res = None
     if photo:  # first, so the fresh process's memory is not confused with this one's
-        from bloodsmear.io import read_image
 
         photo_res = bench_photo(pipeline, read_image(photo_source or files[0]))
     d = time_pipeline(pipeline, files, overlays=overlays, workers=workers, scale=scale)

@@ -23,8 +23,12 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from bloodsmear.classes import PBC_CLASSES, RVPBS_CLASSES
+from bloodsmear.data.coco import to_coco_dict
+from bloodsmear.errors import InputError
 from bloodsmear.types import AnnotatedImage, Cell
 
 #: Every label that is a white blood cell: "wbc" and every WBC type (for class-agnostic WBC scoring).
@@ -214,8 +218,6 @@ def _scored_copy(im: AnnotatedImage, label_of, iou_type: str, *, is_pred: bool) 
 
 def _to_coco(pairs, iou_type: str, label_of) -> tuple[dict, list[dict], list[str]]:
     """In-memory COCO ground-truth dict and result list (ids from 1), via `bloodsmear.data.coco`."""
-    from bloodsmear.data.coco import to_coco_dict
-
     gts = [_scored_copy(g, label_of, iou_type, is_pred=False) for g, _ in pairs]
     preds = [_scored_copy(p, label_of, iou_type, is_pred=True) for _, p in pairs]
     cats = sorted({c.label for im in gts + preds for c in im.cells})
@@ -241,9 +243,6 @@ def coco_ap(
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     pairs = pair_images(gt, pred)
     gt_dict, dets, _ = _to_coco(pairs, iou_type, _label_fn(labels, class_agnostic))
     n_gt, n_pred = len(gt_dict["annotations"]), len(dets)
@@ -380,8 +379,6 @@ def nucleus_coverage(
         if isinstance(src, (str, Path)):
             nm = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
             if nm is None:
-                from bloodsmear.errors import InputError
-
                 raise InputError(src, "not a readable nucleus mask")
         else:
             nm = np.asarray(src)

@@ -20,19 +20,29 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from bloodsmear.training.domains import (DomainsConfig, DomainsResult, domain_names, domains_cache_dir, mean_rows,
-                                         resolve_classes, run_spec, table_rows, write_tables)
+from bloodsmear.errors import InputError
+from bloodsmear.experiments.domain_data import DomainSpec, build_domain
+from bloodsmear.experiments.domain_tables import domain_names, mean_rows, table_rows, write_tables
+from bloodsmear.experiments.domains_config import (
+    DomainsConfig,
+    DomainsResult,
+    domains_cache_dir,
+    resolve_classes,
+    run_spec,
+)
+from bloodsmear.inference.classify import CellClassifier
+from bloodsmear.inference.tta import check_tta
+from bloodsmear.io import write_json_atomic
+from bloodsmear.metrics.classification import classification_report_arrays
+from bloodsmear.preprocess.color import ReinhardNormalizer
 
 log = logging.getLogger(__name__)
 
 
 def _test_crops(cfg: DomainsConfig, classes: list[str], manifests: dict) -> tuple[dict, dict, object]:
     """key -> (test images, labels) by the saved manifests, and the reference stain normaliser."""
-    from bloodsmear.errors import InputError
-    from bloodsmear.preprocess.color import ReinhardNormalizer
-    from bloodsmear.training.domain_data import DomainSpec, build_domain
-
     tests, names, stain = {}, {}, None
     for key, d in cfg.domains.items():
         dom = build_domain(DomainSpec(**{"size": cfg.image_size, **d}), classes, cache_dir=domains_cache_dir(cfg))
@@ -54,9 +64,6 @@ def score_run(model_dir: Path, tests: dict, classes: list[str], *, tta: str, sta
     """One saved run model scored on every domain's test crops: key -> ClassificationReport dict.
 
     `stain`: a normaliser applied to the crops first when the folder does not carry its own."""
-    from bloodsmear.evaluation.metrics import classification_report_arrays
-    from bloodsmear.inference.classify import CellClassifier
-
     clf = CellClassifier.load(model_dir, tta=tta)
     if list(clf.classes) != list(classes):
         raise ValueError(f"{model_dir}: classes {clf.classes}, the experiment has {classes}")
@@ -72,12 +79,6 @@ def score_run(model_dir: Path, tests: dict, classes: list[str], *, tta: str, sta
 
 def rescore_domains(cfg: DomainsConfig, tta: str = "d8", *, only: list[str] | None = None) -> DomainsResult:
     """Tables of the saved run models scored with test-time augmentation `tta` (see the module doc)."""
-    import torch
-
-    from bloodsmear.errors import InputError
-    from bloodsmear.inference.tta import check_tta
-    from bloodsmear.io import write_json_atomic
-
     tta = check_tta(tta)
     torch.set_num_threads(max(1, cfg.threads))
     t0 = time.perf_counter()

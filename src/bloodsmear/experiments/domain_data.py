@@ -27,7 +27,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bloodsmear.data import load_dataset
+from bloodsmear.data.splits import file_hashes, make_split
 from bloodsmear.errors import InputError
+from bloodsmear.inference.export import field_crops, segmenting_pipeline
+from bloodsmear.io import atomic_path, read_image
+from bloodsmear.settings import data_root
+from bloodsmear.types import AnnotatedImage, Dataset
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +158,6 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def _root(spec: DomainSpec) -> Path:
-    from bloodsmear.settings import data_root
-
     default = {"pbc": "pbc224", "lisc": "lisc", "bccd": "bccd"}.get(spec.name, "")
     p = Path(spec.root or default)
     return p if p.is_absolute() else data_root() / p
@@ -175,8 +179,6 @@ def _subsample(items: list, labels: list[str], max_per_class: int | None, seed: 
 
 def _class_images(spec: DomainSpec, classes: list[str]):
     """(relative path, label, rgb-reader) of a class-per-folder dataset, restricted to `classes`."""
-    from bloodsmear.data import load_dataset
-
     root = _root(spec)
     fmt = {"pbc": "pbc", "lisc": "lisc"}.get(spec.name, "folders")
     ds = load_dataset(root, fmt, strict=False) if fmt == "folders" else load_dataset(root, fmt)
@@ -186,16 +188,12 @@ def _class_images(spec: DomainSpec, classes: list[str]):
 
 
 def _read_class_domain(spec: DomainSpec, classes: list[str]) -> tuple[list[np.ndarray], list[str], list[str], list[str]]:
-    from bloodsmear.io import read_image
-
     root, ims = _class_images(spec, classes)
     crops, labels, paths, skipped = [], [], [], []
     if spec.crops not in ("locate", "pipeline"):
         raise ValueError(f"crops must be locate or pipeline, got {spec.crops!r}")
     pipe = None
     if spec.name == "lisc" and spec.crops == "pipeline":
-        from bloodsmear.inference.export import field_crops, segmenting_pipeline
-
         pipe = segmenting_pipeline(spec.pipeline)
     for im in ims:
         rel = im.path.relative_to(root).as_posix()
@@ -227,9 +225,6 @@ def _read_class_domain(spec: DomainSpec, classes: list[str]) -> tuple[list[np.nd
 
 def _read_bccd(spec: DomainSpec, classes: list[str]) -> tuple[list[np.ndarray], list[str], list[str], list[str]]:
     """BCCD WBC crops: images with exactly one WBC box and one subtype label in `classes`."""
-    from bloodsmear.data import load_dataset
-    from bloodsmear.io import read_image
-
     root = _root(spec)
     ds = load_dataset(root, "voc")
     cand = []
@@ -263,8 +258,6 @@ def _read_bccd(spec: DomainSpec, classes: list[str]) -> tuple[list[np.ndarray], 
 
 def build_domain(spec: DomainSpec, classes: list[str], *, cache_dir: str | Path | None = None) -> DomainCrops:
     """Crops of one domain restricted to `classes` (in that order), read from the cache when present."""
-    from bloodsmear.io import atomic_path
-
     classes = list(classes)
     cache = Path(cache_dir) / f"{spec.name}_{spec.size}_{spec.key(classes)}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
@@ -284,7 +277,6 @@ def build_domain(spec: DomainSpec, classes: list[str], *, cache_dir: str | Path 
         log.warning("%s: skipped %s", spec.name, s)
     if not crops:
         raise InputError(_root(spec), f"no {spec.name} crops of classes {classes}")
-    from bloodsmear.data.splits import file_hashes
 
     images = np.stack(crops)
     y = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
@@ -305,9 +297,6 @@ def split_domain(dom: DomainCrops, *, scheme: str = "64-16-20", seed: int = 42):
     `bloodsmear.data.splits.make_split` on the crops' source images (one labelled image per group;
     byte-identical files stay on one side), so the split follows the project's manifest rules.
     """
-    from bloodsmear.data.splits import make_split
-    from bloodsmear.types import AnnotatedImage, Dataset
-
     root = Path(dom.root or "/nonexistent-" + dom.name)
     groups = list(dict.fromkeys(dom.groups))
     first = {g: i for i, g in reversed(list(enumerate(dom.groups)))}

@@ -1,0 +1,1 @@
+"""Experiments: the grid (backbone benchmark), cross-domain runs, DANN adaptation, rescoring, benchmarks."""

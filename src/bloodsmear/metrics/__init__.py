@@ -1,0 +1,1 @@
+"""Pure metric functions (classification, detection matching, COCO AP) and their plots."""
