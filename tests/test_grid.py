@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 
 from bloodsmear.errors import InputError
-from bloodsmear.experiments.grid import (
-    GridDataset,
-    RowResult,
-    grid_config_from_dict,
-    grid_rows,
-    load_grid_config,
-    markdown_table,
-    prepare_dataset,
-    run_grid,
-    select_subset,
-)
+from bloodsmear.experiments.grid import GridDataset, RowResult, grid_config_from_dict, grid_rows, load_grid_config, prepare_dataset, run_grid, select_subset
+from bloodsmear.outputs.tables import markdown_table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "grid"
 

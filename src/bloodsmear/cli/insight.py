@@ -15,9 +15,9 @@ import typer
 from bloodsmear.cli.common import emit_json, print_table
 from bloodsmear.errors import BloodsmearError
 from bloodsmear.evaluation.complexity import complexity_rows, model_complexity
-from bloodsmear.experiments.grid import markdown_table, write_csv
 from bloodsmear.io import write_text_atomic
 from bloodsmear.models.artifact import load_model
+from bloodsmear.outputs.tables import markdown_table, write_csv
 from bloodsmear.viz.insight import actmax_model, conv_layer_names, gradcam_model
 from bloodsmear.viz.tsne import tsne_model
 

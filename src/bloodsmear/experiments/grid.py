@@ -18,7 +18,6 @@ interrupted grid resumes where it stopped (and each row's own training resumes f
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -34,7 +33,8 @@ import yaml
 from bloodsmear.config import TrainConfig, merge
 from bloodsmear.data import load_dataset
 from bloodsmear.errors import InputError
-from bloodsmear.io import atomic_path, list_images, read_image, write_image_atomic, write_json_atomic, write_text_atomic
+from bloodsmear.io import list_images, read_image, write_image_atomic, write_json_atomic, write_text_atomic
+from bloodsmear.outputs.tables import markdown_table, write_csv
 from bloodsmear.preprocess.cells import crop_dataset_cells
 from bloodsmear.preprocess.crop import crop, crop_box
 from bloodsmear.settings import data_root
@@ -426,24 +426,6 @@ def result_table(results: list[RowResult]) -> tuple[list[str], list[list]]:
             r.n_train, r.n_val, r.n_test, s.get("batch_size"), s.get("lr"), s.get("seed"),
         ])
     return list(TABLE_COLUMNS), rows
-
-
-def markdown_table(columns: list[str], rows: list[list]) -> str:
-    def cell(v: Any) -> str:
-        return (f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(path: str | Path, columns: list[str], rows: list[list]) -> Path:
-    with atomic_path(path) as tmp:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(columns)
-            w.writerows(rows)
-    return Path(path)
 
 
 def write_results(cfg: GridConfig, results: list[RowResult]) -> tuple[Path, Path]:
