@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bloodsmear.inference.pipeline import Pipeline, PipelineConfig
+from bloodsmear.inference.pipeline import Pipeline
+from bloodsmear.inference.pipeline_config import PipelineConfig
 from bloodsmear.types import Cell
 
 BACKGROUND = (235, 215, 220)

@@ -46,7 +46,8 @@ def test_analyze_writes_every_output_named_by_relative_path(smears, tmp_path):
     assert s.counts == {"lymphocyte": 3, "neutrophil": 2}
     doc = json.loads((out / "results.json").read_text())
     paper_json.validate(doc)
-    assert [im["filename"] for im in doc["images"]] == ["a.png", "d.bmp", "sub/b.jpg", "sub/deeper/c.tif"]
+    assert [im["filename"] for im in paper_json.document_records(doc)] == ["a.png", "d.bmp", "sub/b.jpg",
+                                                                           "sub/deeper/c.tif"]
     for f in ("coco.json", "annotations.xml", "counts.csv", "overlays/sub/deeper/c.tif.png"):
         assert (out / f).is_file(), f
     assert not (out / "skipped.csv").exists()
@@ -65,7 +66,7 @@ def test_bad_images_are_reported_and_skipped(smears, tmp_path, caplog):
     assert any("notes.jpg" in m and "not a decodable image" in m for m in msgs)
     assert any("empty.png" in m and "empty file" in m for m in msgs)
     assert any("3 image(s) skipped" in r.getMessage() for r in caplog.records)
-    assert len(json.loads((out / "results.json").read_text())["images"]) == 4
+    assert len(json.loads((out / "results.json").read_text())["data"]) == 4
     assert (out / "skipped.csv").read_text().count("\n") == 4
 
 
@@ -98,7 +99,7 @@ def test_resume_after_a_kill_finishes_only_the_missing_images(smears, tmp_path, 
     assert sorted(seen) == ["sub/b.jpg", "sub/deeper/c.tif"]
     assert (s.n_resumed, s.n_analysed, s.n_cells) == (2, 2, 5)
     assert not tmp_file.exists()
-    assert len(json.loads((out / "results.json").read_text())["images"]) == 4
+    assert len(json.loads((out / "results.json").read_text())["data"]) == 4
     # an aggregate deleted after a finished run is rebuilt without analysing anything again
     (out / "coco.json").unlink()
     seen.clear()
@@ -176,8 +177,8 @@ def test_per_image_record_is_the_paper_record(smears, tmp_path):
     out = tmp_path / "out"
     analyze([smears / "sub" / "b.jpg"], out, make_pipeline(), scale=20, progress=False)
     rec = json.loads(batch.record_path(out, "b.jpg").read_text())
-    assert rec["filename"] == "b.jpg" and len(rec["cells"]) == 2
-    assert np.allclose(sorted(c["area"] for c in rec["cells"]), sorted([np.pi * 30 ** 2, np.pi * 40 ** 2]), rtol=0.1)
+    assert rec["filename"] == "b.jpg" and len(rec["masks"]) == 2
+    assert np.allclose(sorted(c["area"] for c in rec["masks"]), sorted([np.pi * 30 ** 2, np.pi * 40 ** 2]), rtol=0.1)
 
 
 def test_bench_analyze_reports_both_pipelines(smears, monkeypatch):

@@ -254,14 +254,14 @@ def test_classify_paths_skips_bad_images_and_writes(trained, tmp_path):
 
 
 def test_predict_proba_matches_model_and_any_crop_size(trained):
-    from bloodsmear.inference.classify import CellClassifier, predict_proba
+    from bloodsmear.inference.classify import CellClassifier
     from bloodsmear.models.artifact import load_model
 
     _, res, _ = trained
     loaded = load_model(res.model_dir)
     rng = np.random.default_rng(1)
     crops = [rng.integers(0, 255, (s, s + 3, 3), dtype=np.uint8) for s in (20, 40, 64)]
-    p = predict_proba(loaded, crops)
+    p = CellClassifier(loaded).predict_proba(crops)
     assert p.shape == (3, 3) and np.allclose(p.sum(1), 1, atol=1e-4)
     q = CellClassifier(loaded, optimize=False).predict_proba(crops)
     assert np.allclose(p, q, atol=1e-4)  # BN folding does not change the result
@@ -273,7 +273,7 @@ def test_predict_proba_matches_model_and_any_crop_size(trained):
 
 
 def test_evaluate_model_uses_own_split(trained):
-    from bloodsmear.inference.classify import evaluate_model
+    from bloodsmear.evaluation.classifier import evaluate_model
 
     _, res, _ = trained
     ev = evaluate_model(res.model_dir, None, progress=False)

@@ -31,7 +31,7 @@ def test_default_resolves_to_shipped_pbc_model(shipped):
 
 
 def test_shipped_model_accuracy_on_test_sample(shipped, data_root):
-    from bloodsmear.inference.classify import evaluate_model
+    from bloodsmear.evaluation.classifier import evaluate_model
 
     root = need(data_root, "pbc224")
     card = json.loads((shipped / "metrics.json").read_text())["test"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bloodsmear.errors import InputError
+from bloodsmear.geometry import box_iou
 from bloodsmear.preprocess import crop as C
 
 BG = (225, 220, 210)  # light, nearly unsaturated: outside the paper's HSV range
@@ -80,7 +81,7 @@ def test_fast_agrees_with_paper_on_synthetic_fields():
     for kw in cases:
         img = field(**kw)
         p, f = C.paper_crop(img), C.fast_crop(img)
-        assert C.box_iou(p.box, f.box) >= 0.9, (kw, p, f)
+        assert box_iou(p.box, f.box) >= 0.9, (kw, p, f)
 
 
 def test_inputs_are_not_modified_and_crop_is_a_copy():
@@ -106,9 +107,9 @@ def test_bad_inputs():
 
 
 def test_box_iou_and_square_box():
-    assert C.box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
-    assert C.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
-    assert C.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
     assert C.square_box(100, 80, 20) == (30, 20, 70, 60)
     assert C.square_box(100, 80, 60) == (0, 0, 100, 80)
 
@@ -173,5 +174,5 @@ def test_fast_matches_paper_on_pbc_originals(data_root):
         rgb = read_image(f)
         p, q = C.paper_crop(rgb), C.fast_crop(rgb)
         assert p.found and q.found
-        ious.append(C.box_iou(p.box, q.box))
+        ious.append(box_iou(p.box, q.box))
     assert np.mean(ious) >= 0.95, ious

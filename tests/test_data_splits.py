@@ -158,3 +158,29 @@ def test_seeded_sample_is_reproducible_ordered_and_bounded():
     a, b = seeded_sample(items, 10, seed=3), seeded_sample(items, 10, seed=3)
     assert a == b and len(a) == 10 and a == sorted(a) and a != seeded_sample(items, 10, seed=4)
     assert seeded_sample(items, None) == items and seeded_sample(items, 500) == items
+
+
+def test_per_class_sample_streams_keep_the_former_samples():
+    """The three streams reproduce the samplers they replaced (prepare/domain_data, adapt, grid)."""
+    import random
+
+    from bloodsmear.data.splits import per_class_sample
+
+    labels = list("abacbcaabbccaaab")
+    rng = np.random.default_rng(5)
+    want = []  # the former training/prepare._subsample at fraction 0.5, cap 2
+    for c in sorted(set(labels)):
+        idx = [i for i, lab in enumerate(labels) if lab == c]
+        n = min(max(1, int(round(len(idx) * 0.5))), 2)
+        want += sorted(rng.choice(idx, size=n, replace=False).tolist()) if n < len(idx) else idx
+    assert per_class_sample(labels, 2, 5, fraction=0.5) == sorted(want)
+    rng = np.random.default_rng(5)  # the former experiments/adapt._subsample_idx, cap 2
+    lab = np.array(labels)
+    want = np.sort(np.concatenate([rng.permutation(np.flatnonzero(lab == c))[:2] for c in np.unique(lab)]))
+    assert per_class_sample(labels, 2, 5, stream="permutation") == want.tolist()
+    want = sorted(i for c in "abc"  # the former experiments/grid.select_subset, cap 2
+                  for i in random.Random(f"5:{c}").sample([i for i, x in enumerate(labels) if x == c], 2))
+    assert per_class_sample(labels, 2, 5, stream="per-label") == want
+    assert per_class_sample(labels, None, 5) == list(range(len(labels)))
+    with pytest.raises(ValueError, match="valid: shared, permutation, per-label"):
+        per_class_sample(labels, 2, 5, stream="x")

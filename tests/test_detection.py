@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from bloodsmear.metrics.detection import (
-    box_iou, cell_full_mask, coco_ap, counting_errors, evaluate_detection, match_cells, matched_prf,
+    cell_full_mask, coco_ap, counting_errors, evaluate_detection, match_cells, matched_prf,
     nucleus_coverage,
 )
+from bloodsmear.geometry import box_iou
 from bloodsmear.types import AnnotatedImage, Cell
 
 H, W = 100, 120

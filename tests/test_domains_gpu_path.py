@@ -136,13 +136,12 @@ def test_crop_fields_on_lisc_one_per_field_and_resume(data_root, tmp_path):
 
 
 def test_shipped_pipeline_names_stain_screening_and_refine():
-    from bloodsmear.inference.pipeline import PipelineConfig
-    from bloodsmear.inference.stages import resolve_ref
+    from bloodsmear.inference.pipeline_config import PipelineConfig
     from bloodsmear.models.artifact import load_model
 
     cfg = PipelineConfig.load(None)
     assert cfg.screening == "pbc-screen-stain" and cfg.refine == "pbc-lisc-dann"
-    screen = load_model(resolve_ref(cfg.screening, cfg.base_dir)).info
-    refine = load_model(resolve_ref(cfg.refine, cfg.base_dir)).info
+    screen = load_model(cfg.screening, base_dir=cfg.base_dir).info
+    refine = load_model(cfg.refine, base_dir=cfg.base_dir).info
     assert len(screen.classes) == 8 and screen.color_normalization["method"] == "reinhard"
     assert refine.color_normalization is not None and set(refine.classes) < set(screen.classes)

@@ -70,7 +70,7 @@ def test_config_rows_and_errors(tmp_path):
         grid_config_from_dict(_cfg(tmp_path, tmp_path, modes=["frozen", "melted"]))
     with pytest.raises(InputError, match="unknown kind"):
         grid_config_from_dict(_cfg(tmp_path, tmp_path, datasets=[{"name": "x", "source": "y", "kind": "zip"}]))
-    with pytest.raises(InputError, match="no such grid config"):
+    with pytest.raises(InputError, match="no such config file"):
         load_grid_config(tmp_path / "missing.yaml")
 
 
@@ -91,11 +91,11 @@ def test_select_subset_is_seeded_and_capped():
 
 def test_prepare_folder_subset_and_cpbc(tmp_path, rng):
     data = make_folder(tmp_path / "data", rng)
-    d, counts = prepare_dataset(GridDataset("A", str(data)), per_class=4, seed=1, cache=tmp_path / "cache")
+    d, counts = prepare_dataset(GridDataset(name="A", source=str(data)), per_class=4, seed=1, cache=tmp_path / "cache")
     assert counts == {"lymphocyte": 4, "monocyte": 4, "neutrophil": 4}
     files = sorted(d.glob("*/*"))
     assert len(files) == 12 and all(f.is_symlink() for f in files)
-    c, ccounts = prepare_dataset(GridDataset("C-A", str(data), kind="cpbc", method="paper"), per_class=4, seed=1,
+    c, ccounts = prepare_dataset(GridDataset(name="C-A", source=str(data), kind="cpbc", method="paper"), per_class=4, seed=1,
                                  cache=tmp_path / "cache")
     assert ccounts == counts
     # the same images, cropped (smaller than the 48 px originals)
@@ -103,11 +103,11 @@ def test_prepare_folder_subset_and_cpbc(tmp_path, rng):
     crop = cv2.imread(str(next(c.glob("*/*"))))
     assert crop.shape[0] < 48 and crop.shape[1] < 48
     # classes filter; min_per_class drops thin classes, and none left is an error naming the folder
-    _, some = prepare_dataset(GridDataset("B", str(data), classes=["monocyte", "neutrophil"]), per_class=None,
+    _, some = prepare_dataset(GridDataset(name="B", source=str(data), classes=["monocyte", "neutrophil"]), per_class=None,
                               seed=1, cache=tmp_path / "cache")
     assert some == {"monocyte": 6, "neutrophil": 6}
     with pytest.raises(InputError, match="no class with at least 7"):
-        prepare_dataset(GridDataset("B", str(data), min_per_class=7), per_class=None, seed=2, cache=tmp_path / "c2")
+        prepare_dataset(GridDataset(name="B", source=str(data), min_per_class=7), per_class=None, seed=2, cache=tmp_path / "c2")
 
 
 def test_run_grid_writes_tables_and_resumes(tmp_path, rng):

@@ -18,7 +18,8 @@ from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
 from bloodsmear.training.maskrcnn_data import (
     Compose, RandomFlip, RandomScale, classical_wbc_mask, collate, to_tensors,
 )
-from bloodsmear.training.maskrcnn_train import train_one_epoch
+from bloodsmear.training.engine import train_one_epoch
+from bloodsmear.training.objectives import build_objective
 
 torch.set_num_threads(2)
 
@@ -52,7 +53,7 @@ def test_tiny_model_trains_a_step():
     loader = [collate(batch)]
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     before = [p.detach().clone() for p in model.roi_heads.parameters()]
-    losses = train_one_epoch(model, opt, loader, "cpu", 0)
+    losses = train_one_epoch(model, build_objective("maskrcnn"), loader, opt, progress=False)
     assert {"loss", "loss_mask", "loss_classifier", "loss_box_reg", "loss_objectness"} <= set(losses)
     assert all(np.isfinite(v) for v in losses.values())
     after = list(model.roi_heads.parameters())
@@ -231,3 +232,73 @@ def test_shipped_zoo_model_loads():
     seg = load_segmenter(folder)
     assert seg.kind == "maskrcnn" and seg.score_threshold == 0.7 and seg.rbc_diameter_px == 50.0
     assert seg.predict(np.full((96, 128, 3), 230, np.uint8)) == []  # a blank field holds no WBC
+
+
+# ---------------------------------------------------------------- strict configs, scheduler, checkpoints
+
+
+def test_maskrcnn_config_rejects_unknown_key_and_shipped_round_trips():
+    from bloodsmear.settings import ZOO_DIR
+
+    with pytest.raises(InputError, match=r"unknown key 'neck_chanels' \(valid: .*neck_channels"):
+        MaskRCNNConfig.from_dict({"neck_chanels": 8})
+    d = json.loads((ZOO_DIR / "wbc-maskrcnn" / "config.json").read_text())
+    assert MaskRCNNConfig.from_dict(d).to_dict() == d
+
+
+def test_maskrcnn_train_config_unknown_model_key(tmp_path):
+    from bloodsmear.training.maskrcnn_train import MaskRCNNTrainConfig
+
+    (tmp_path / "c.yaml").write_text("kind: maskrcnn\nmodel: {score_treshold: 0.5}\n")
+    with pytest.raises(InputError, match=r"unknown key 'score_treshold' \(valid: "):
+        MaskRCNNTrainConfig.load(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("kind: maskrcnn\nepochs_head: 1\n")
+    with pytest.raises(InputError, match=r"unknown key 'epochs_head'"):
+        MaskRCNNTrainConfig.load(tmp_path / "c.yaml")
+
+
+def test_maskrcnn_scheduler_warms_up_then_switches_lr():
+    from bloodsmear.training.maskrcnn_train import MaskRCNNTrainConfig, build_maskrcnn_scheduler
+
+    cfg = MaskRCNNTrainConfig(lr=0.01, lr_all=0.002, warmup_iters=4, epochs_heads=2)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=cfg.lr)
+    sched = build_maskrcnn_scheduler(opt, cfg, steps_per_epoch=5)
+    seen = []
+    for _ in range(14):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [0.01 * (0.1 + 0.9 * s / 4) for s in range(4)] + [0.01] * 6 + [0.002] * 4  # the old per-step rule
+    assert seen == pytest.approx(want, rel=1e-9)
+
+
+def test_fit_maskrcnn_resumes_to_the_same_weights(tmp_path):
+    from bloodsmear.training.checkpoint import read_checkpoint
+    from bloodsmear.training.maskrcnn_data import FieldDataset
+    from bloodsmear.training.maskrcnn_train import MaskRCNNTrainConfig, fit_maskrcnn
+    from bloodsmear.types import AnnotatedImage
+
+    items = [disc_field(), disc_field(cx=40, cy=20)]
+    gts = [AnnotatedImage(path=f"/f/{i}.png", width=64, height=64) for i in range(2)]
+    ds = FieldDataset.from_arrays(items, gts)
+    model_over = tiny_cfg().to_dict()
+    model_over.pop("rbc_diameter_px")
+
+    def cfg(out, **kw):
+        return MaskRCNNTrainConfig(out_dir=str(out), epochs_heads=1, epochs_all=1, warmup_iters=1, batch_size=2,
+                                   threads=1, pretrained_backbone=False, model=model_over, rbc_diameter_px=12.0,
+                                   **kw)
+
+    _, _, hist, _ = fit_maskrcnn(cfg(tmp_path / "a"), ds, ds)
+    assert [h["phase"] for h in hist] == ["heads", "all"]
+    _, _, h1, _ = fit_maskrcnn(cfg(tmp_path / "b", max_minutes=0.0), ds, ds)  # stops after epoch 0
+    assert len(h1) == 1
+    _, _, h2, _ = fit_maskrcnn(cfg(tmp_path / "b", max_minutes=0.0), ds, ds)  # resumes: epoch 1
+    assert [h["epoch"] for h in h2] == [0, 1]
+    a, b = read_checkpoint(tmp_path / "a" / "checkpoint.pt"), read_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    with pytest.raises(InputError, match="differs in: momentum"):
+        fit_maskrcnn(cfg(tmp_path / "a", momentum=0.5), ds, ds)

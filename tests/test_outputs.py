@@ -36,9 +36,11 @@ def test_paper_json_follows_the_schema_and_reads_back(results, tmp_path):
     dest = paper_json.write_results_json(tmp_path / "results.json", [paper_json.image_record(r) for r in results],
                                          {"name": "test"})
     doc = json.loads(dest.read_text())
-    assert doc["format"] == "bloodsmear-results"
-    assert [im["filename"] for im in doc["images"]] == ["sub/a.jpg", "b.png", "empty.png"]
-    cell = doc["images"][0]["cells"][0]
+    assert set(doc) == {"data", "run"} and doc["run"]["format"] == "bloodsmear-results"
+    assert doc["run"]["pipeline"] == {"name": "test"}
+    assert list(doc["data"]) == ["0", "1", "2"]
+    assert [doc["data"][k]["filename"] for k in ("0", "1", "2")] == ["sub/a.jpg", "b.png", "empty.png"]
+    cell = doc["data"]["0"]["masks"][0]
     assert set(cell) >= {"class_name", "score", "bounding_box", "vertices", "screening_label", "screening_score",
                          "refined_label", "refined_score", "area", "review"}
     assert set(cell["bounding_box"]) == {"x1", "x2", "y1", "y2"} and cell["review"] is True
@@ -53,7 +55,7 @@ def test_schema_rejects_broken_documents(results, breakage):
     doc = paper_json.results_document([paper_json.image_record(r) for r in results])
     paper_json.validate(doc)
     bad = copy.deepcopy(doc)
-    cell = bad["images"][0]["cells"][0]
+    cell = bad["data"]["0"]["masks"][0]
     if breakage == "no_vertices":
         del cell["vertices"]
     elif breakage == "score_above_1":
@@ -61,8 +63,8 @@ def test_schema_rejects_broken_documents(results, breakage):
     elif breakage == "bad_box":
         cell["bounding_box"] = {"x1": 0, "y1": 0}
     else:
-        bad["images"][0]["height"] = "480"
-    with pytest.raises(InputError, match="images/0"):
+        bad["data"]["0"]["height"] = "480"
+    with pytest.raises(InputError, match="data/0"):
         paper_json.validate(bad, path="results.json")
 
 

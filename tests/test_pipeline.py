@@ -8,7 +8,8 @@ from pipeline_fakes import ColourClassifier, DiscSegmenter, make_field, make_pip
 
 from bloodsmear.errors import InputError
 from bloodsmear.inference import pipeline as pl
-from bloodsmear.inference.pipeline import Pipeline, PipelineConfig, parse_scale
+from bloodsmear.inference.pipeline import Pipeline
+from bloodsmear.inference.pipeline_config import PipelineConfig, parse_scale
 
 DISCS = [(200, 150, 40, "lymphocyte"), (600, 400, 50, "neutrophil")]
 
@@ -58,7 +59,10 @@ def test_auto_scale_uses_the_red_cell_estimate(monkeypatch):
     assert len(res.cells) == 2
     monkeypatch.setattr(pl, "estimate_rbc_diameter_px", lambda small, f: None)
     res = make_pipeline(rbc_px=20.0).run(make_field(800, 600, DISCS), "f.png")
-    assert res.scale == 1.0 and res.meta["scale_source"] == "fallback"
+    # no estimate, and no folder: a prior from the field's size (preprocess.scale.PRIOR_RBC_SHARE)
+    assert res.rbc_diameter_px == pytest.approx(0.085 * 800) and res.meta["scale_source"] == "size-prior"
+    res = make_pipeline(rbc_px=20.0).run(make_field(800, 600, DISCS), "f.png", scale="field")
+    assert res.scale == 1.0 and res.meta["scale_source"] == "fallback"  # --scale field: its own, or none
 
 
 def test_classifier_runs_once_per_image_on_all_crops():

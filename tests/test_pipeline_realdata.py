@@ -18,7 +18,8 @@ pytestmark = pytest.mark.realdata
 @pytest.fixture(scope="module")
 def default_pipeline():
     from bloodsmear.errors import InputError
-    from bloodsmear.inference.pipeline import Pipeline, PipelineConfig
+    from bloodsmear.inference.pipeline import Pipeline
+    from bloodsmear.inference.pipeline_config import PipelineConfig
 
     cfg = PipelineConfig.load(os.environ.get("BLOODSMEAR_TEST_PIPELINE", "default"))  # env: try a candidate
     if not Path(cfg.segmenter).is_absolute() and not (ZOO_DIR / cfg.segmenter / "config.json").is_file():
@@ -31,7 +32,7 @@ def default_pipeline():
 
 def test_bccd_fields_end_to_end(default_pipeline, data_root, tmp_path):
     from bloodsmear.data import load_dataset
-    from bloodsmear.metrics.detection import box_iou
+    from bloodsmear.geometry import box_iou
     from bloodsmear.inference.batch import analyze
     from bloodsmear.outputs.paper_json import validate
 
@@ -43,14 +44,14 @@ def test_bccd_fields_end_to_end(default_pipeline, data_root, tmp_path):
     assert s.n_analysed == len(fields) and s.n_skipped == 0
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     validate(doc)
-    by_name = {im["filename"]: im for im in doc["images"]}
+    by_name = {im["filename"]: im for im in doc["data"].values()}
     found = total = 0
     for im in fields:
         pred = by_name[im.path.name]
         assert (pred["width"], pred["height"]) == (im.width, im.height)
         assert 40 < pred["rbc_diameter_px"] < 160  # BCCD red cells are ~90 px
         boxes = [(c["bounding_box"]["x1"], c["bounding_box"]["y1"], c["bounding_box"]["x2"], c["bounding_box"]["y2"])
-                 for c in pred["cells"]]
+                 for c in pred["masks"]]
         for g in (c for c in im.cells if c.label == "wbc"):
             total += 1
             found += any(box_iou(g.box, b) >= 0.5 for b in boxes)

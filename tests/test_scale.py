@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bloodsmear.preprocess.scale import (ScaleEstimate, estimate_rbc_diameter, pattern_spectrum, resize_to_scale,
-                                         working_scale)
+from bloodsmear.preprocess.resize import resize_to_scale
+from bloodsmear.preprocess.scale import ScaleEstimate, estimate_rbc_diameter, pattern_spectrum, working_scale
 from bloodsmear.training.synthetic_fields import synthetic_field
 from tests.conftest import need
 

@@ -13,7 +13,7 @@ from pipeline_fakes import make_field, make_pipeline, write_field
 from bloodsmear.errors import InputError
 from bloodsmear.inference import pipeline as pl
 from bloodsmear.inference.batch import analyze, record_path
-from bloodsmear.inference.pipeline import parse_scale, scale_mode
+from bloodsmear.inference.pipeline_config import parse_scale, scale_mode
 from bloodsmear.inference.scale_plan import plan_scales
 from bloodsmear.preprocess.scale import ScaleChoice, choose_diameters
 
@@ -85,11 +85,12 @@ def test_plan_groups_by_folder_and_pixel_size_and_skips_unreadable(tmp_path):
     (x / "broken.png").write_bytes(b"not a png")
     paths = sorted(tmp_path.rglob("*.png"))
     plan = plan_scales(paths, _by_mark, "auto")
-    assert x / "broken.png" not in plan and len(plan) == 7
+    assert x / "broken.png" not in plan and len(plan) == 5
     assert plan[x / "4.png"] == ScaleChoice(83.0, "folder-median")  # 300 is far off the median of 80, 82, 84, 300
     assert plan[x / "5.png"] == ScaleChoice(83.0, "folder-median")  # no estimate of its own
     assert plan[x / "1.png"] == ScaleChoice(80.0, "estimated")
-    assert plan[x / "big.png"] == ScaleChoice(300.0, "estimated") and plan[y / "4.png"] == plan[x / "big.png"]
+    # groups of one field have no consensus: left to the pipeline's check of a lone field
+    assert x / "big.png" not in plan and y / "4.png" not in plan
     assert {c.diameter_px for p, c in plan_scales(paths, _by_mark, "folder").items() if p.parent == x
             and p.name != "big.png"} == {83.0}
     seen = []  # `transform` is applied before measuring (evaluate --rescale)
@@ -102,9 +103,9 @@ def test_detect_uses_a_scale_choice_as_given(monkeypatch):
     pipe = make_pipeline(rbc_px=20.0)
     res = pipe.detect(make_field(400, 300, DISCS), scale=ScaleChoice(40.0, "folder-median"))
     assert res.scale == pytest.approx(0.5) and res.rbc_diameter_px == 40.0
-    assert res.meta["scale_source"] == "folder-median" and len(res.cells) == 1
+    assert res.scale_source == "folder-median" and len(res.cells) == 1
     res = pipe.detect(make_field(400, 300, DISCS), scale=ScaleChoice(None, "fallback"))
-    assert res.scale == 1.0 and res.meta["scale_source"] == "fallback"
+    assert res.scale == 1.0 and res.scale_source == "fallback"
 
 
 @pytest.mark.parametrize("mode, expected", [("auto", (83.0, "folder-median")), ("field", (300.0, "estimated")),
@@ -117,7 +118,7 @@ def test_analyze_pools_a_folders_fields(tmp_path, monkeypatch, mode, expected):
             progress=False)
     rec = json.loads(record_path(tmp_path / "out", "f4.png").read_text())
     assert (rec["rbc_diameter_px"], rec["scale_source"]) == expected
-    assert len(rec["cells"]) == 1
+    assert len(rec["masks"]) == 1
     first = json.loads(record_path(tmp_path / "out", "f1.png").read_text())
     assert first["scale_source"] in {"estimated", "folder-median", "given"}
 
@@ -164,3 +165,13 @@ def test_cli_segment_scale_shows_the_pooled_diameter(tmp_path):
     assert rows["f0.png"]["source"] == "estimated" and rows["f0.png"]["used_px"] == rows["f0.png"]["diameter_px"]
     r = CliRunner().invoke(app, ["segment", "scale", str(tmp_path), "--mode", "median"])
     assert r.exit_code == 2 and "auto, field, folder" in r.output
+
+
+def test_detect_returns_a_typed_detection_that_hands_its_crop_source_over():
+    pipe = make_pipeline(rbc_px=20.0)
+    det = pipe.detect(make_field(400, 300, DISCS), scale=ScaleChoice(40.0, "folder-median"))
+    assert isinstance(det, pl.Detection)
+    assert det.crop_source.full.shape == (300, 400, 3) and det.scale == pytest.approx(0.5)
+    res = det.to_result()
+    assert res.meta == {"scale_source": "folder-median"}  # nothing smuggled through meta
+    assert res.cells is det.cells and res.rbc_diameter_px == 40.0

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from bloodsmear.geometry import mask_to_polygon
 from bloodsmear.models.segmenter import (FastSegConfig, FastSegmenter, UNet, build_net, cells_from_labels,
-                                         instances_from_maps, mask_polygon)
+                                         instances_from_maps)
 from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
 from bloodsmear.training.synthetic_fields import synthetic_field
 
@@ -57,7 +58,7 @@ def test_cells_from_labels_box_mask_polygon_agree():
     assert sq.label == "wbc" and sq.box == (10.0, 5.0, 30.0, 25.0) and sq.mask.shape == (20, 20) and sq.mask.all()
     assert sq.polygon[:, 0].min() == 10 and sq.polygon[:, 0].max() == 29
     assert len(cells_from_labels(lab, prob, score_threshold=0.7)) == 1
-    assert mask_polygon(np.zeros((4, 4), bool)).shape == (0, 2)
+    assert mask_to_polygon(np.zeros((4, 4), bool), epsilon=0.6).shape == (0, 2)
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (64, 64), (120, 161)])
@@ -116,7 +117,8 @@ def test_training_targets_and_batch():
 def test_quickly_fitted_net_segments_synthetic_wbcs():
     """A tiny net fitted for a few seconds on synthetic fields finds the purple discs as instances."""
     from bloodsmear.training.seg_data import SegField
-    from bloodsmear.training.seg_train import SegTrainConfig, make_batch, seg_loss
+    from bloodsmear.training.seg_objectives import seg_loss
+    from bloodsmear.training.seg_train import SegTrainConfig, make_batch
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -150,3 +152,118 @@ def test_expanded_instances_grow_but_stay_apart():
     assert b.max() == 2
     assert (b > 0).sum() > (a > 0).sum()
     assert ((b == 1) & (b == 2)).sum() == 0 and (b[a > 0] == a[a > 0]).all()
+
+
+# ---------------------------------------------------------------- strict configs, engine, checkpoints
+
+
+def test_fast_seg_config_rejects_unknown_key_naming_it():
+    from bloodsmear.errors import InputError
+
+    with pytest.raises(InputError, match=r"unknown key 'levles' \(valid: .*levels"):
+        FastSegConfig.from_dict({"levels": 3, "levles": 4})
+
+
+def test_shipped_fast_config_round_trips_exactly():
+    import json
+
+    from bloodsmear.settings import ZOO_DIR
+
+    d = json.loads((ZOO_DIR / "wbc-seg-fast" / "config.json").read_text())
+    assert FastSegConfig.from_dict(d).to_dict() == d
+
+
+def test_seg_train_config_unknown_keys(tmp_path):
+    from bloodsmear.errors import InputError
+    from bloodsmear.training.seg_train import SegTrainConfig
+
+    for text, key in [("crpo: 64\n", "crpo"), ("model: {levles: 3}\n", "model.levles"),
+                      ("data: {store_rbc: 40}\n", "data.store_rbc")]:
+        (tmp_path / "c.yaml").write_text("kind: fast-unet\n" + text)
+        with pytest.raises(InputError, match=rf"unknown key '{key}' \(valid: "):
+            SegTrainConfig.load(tmp_path / "c.yaml")
+
+
+def test_stock_scheduler_is_the_old_warmup_cosine():
+    from bloodsmear.training.seg_train import SegTrainConfig, build_seg_scheduler
+
+    for max_iters in (10, 400):
+        cfg = SegTrainConfig(max_iters=max_iters, lr=3e-3)
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], lr=cfg.lr)
+        sched = build_seg_scheduler(opt, cfg)
+        warm = max(1, int(0.03 * max_iters))
+        for it in range(max_iters):
+            t = min(1.0, (it - warm) / max(1, max_iters - warm))
+            want = cfg.lr * (it + 1) / warm if it < warm else cfg.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * t)))
+            assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-9)
+            opt.step()
+            sched.step()
+
+
+def _tiny_fields(n=2, seed=0):
+    from bloodsmear.training.seg_data import SegField
+
+    out = []
+    for s in range(n):
+        f = synthetic_field(120, 160, 40.0, wbc=[(60, 60, 75)], seed=seed + s)
+        out.append(SegField(f.image, f.labels, "bccd", str(s)))
+    return out
+
+
+def _tiny_cfg(tmp_path, **kw):
+    from bloodsmear.training.seg_train import SegTrainConfig
+
+    base = dict(out_dir=str(tmp_path), crop=32, batch_size=2, max_iters=4, val_every=2, ckpt_every=2, threads=1,
+                model=FastSegConfig(base_channels=4, levels=3, rbc_diameter_px=20.0),
+                source_weights={"bccd": 1.0})
+    return SegTrainConfig(**{**base, **kw})
+
+
+def test_segmentation_objective_runs_in_the_engine():
+    from bloodsmear.training.engine import train_one_epoch
+    from bloodsmear.training.objectives import build_objective
+    from bloodsmear.training.seg_train import CropStream
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg("unused")
+    net = build_net(cfg.model)
+    stream = CropStream({"bccd": _tiny_fields()}, cfg, 20.0, 40.0, np.random.default_rng(0), 3)
+    stats = train_one_epoch(net, build_objective("segmentation"), stream, torch.optim.Adam(net.parameters(), 1e-3),
+                            progress=False)
+    assert {"loss", "fg_loss", "centre_loss", "lr"} <= set(stats) and "accuracy" not in stats
+    assert stats["loss"] == pytest.approx(stats["fg_loss"] + 2 * stats["centre_loss"], rel=1e-5)
+
+
+def test_fit_segmenter_resumes_to_the_same_weights(tmp_path):
+    """Killed by its budget after each chunk and resumed, the run ends with the straight run's weights."""
+    from bloodsmear.errors import InputError
+    from bloodsmear.training.checkpoint import read_checkpoint
+    from bloodsmear.training.seg_train import fit_segmenter
+
+    tr, va = _tiny_fields(), _tiny_fields(1, seed=7)
+    straight = fit_segmenter(_tiny_cfg(tmp_path / "a"), tr, va, 40.0)
+    assert straight["iterations"] == 4 and len(straight["history"]) == 2
+    legs = [fit_segmenter(_tiny_cfg(tmp_path / "b", budget_minutes=0.0), tr, va, 40.0)["iterations"]
+            for _ in range(3)]
+    assert legs == [2, 4, 4]  # the third call finds the run finished
+    a, b = read_checkpoint(tmp_path / "a" / "checkpoint.pt"), read_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert a["iteration"] == b["iteration"] == 4
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    with pytest.raises(InputError, match="differs in: lr"):
+        fit_segmenter(_tiny_cfg(tmp_path / "a", lr=1e-2), tr, va, 40.0)
+
+
+def test_segment_cli_train_kind_and_card_refuse_clearly(tmp_path):
+    from typer.testing import CliRunner
+
+    from bloodsmear.cli.segment import app
+    from bloodsmear.settings import ZOO_DIR
+
+    (tmp_path / "c.yaml").write_text("kind: unet3000\n")
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml")])
+    assert r.exit_code != 0 and "unknown segmenter kind 'unet3000'" in str(r.exception or r.output)
+    r = CliRunner().invoke(app, ["card", str(ZOO_DIR / "wbc-seg-fast")])
+    assert r.exit_code != 0 and "Mask R-CNN" in str(r.exception or r.output)

@@ -91,7 +91,7 @@ def test_classifier_with_d8_is_the_mean_of_its_views_and_rotation_invariant(tiny
 
 def test_pipeline_config_tta_settings(tmp_path, tiny_folder):
     from bloodsmear.errors import InputError
-    from bloodsmear.inference.pipeline import PipelineConfig
+    from bloodsmear.inference.pipeline_config import PipelineConfig
     from bloodsmear.inference.stages import load_classifier
 
     bad = tmp_path / "bad.yaml"
@@ -186,13 +186,12 @@ def test_rescore_with_d8_leaves_out_missing_weights(tiny_experiment, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(cfg.out_dir, copy)
     (copy / "runs" / "seed1" / "src_A" / "model" / "weights.safetensors").unlink()
-    from dataclasses import replace
 
-    res = rescore_domains(replace(cfg, out_dir=str(copy)), "d8")
+    res = rescore_domains(cfg.model_copy(update={"out_dir": str(copy)}), "d8")
     saved = json.loads((copy / "tta_d8" / "results.json").read_text())
     assert saved["tta"] == "d8" and saved["missing"] == ["src_A (seed 1)"]
     seeds = {r["run"]: r["seed"] for r in res.rows if str(r["seed"]).startswith("mean")}
     assert seeds == {"src_A": "mean of 1", "stain_dann_A_B": "mean of 2"}
     assert {r["tested_on"] for r in res.rows} == {"folder_A", "folder_B"}
     with pytest.raises(InputError, match="splits.json"):
-        rescore_domains(replace(cfg, out_dir=str(tmp_path / "empty")), "d8")
+        rescore_domains(cfg.model_copy(update={"out_dir": str(tmp_path / "empty")}), "d8")

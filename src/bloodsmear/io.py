@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from bloodsmear.errors import InputError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -34,10 +37,13 @@ def list_images(root: Path, *, include_hidden: bool = True) -> list[Path]:
 
 
 def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
-    """Read an 8-bit colour image as an RGB uint8 array (H, W, 3).
+    """Read a colour image as an RGB uint8 array (H, W, 3).
 
-    Raises `InputError` naming the file for: a missing or empty file, bytes that are not a decodable
-    image, a truncated JPEG, a grayscale image (unless `allow_gray`), an RGBA image, a 16-bit image.
+    A 16-bit image is scaled to 8 bits (v / 257, rounded: 65535 -> 255). An alpha channel is dropped;
+    where it is not opaque, the image is composited on white (the light background of a smear) and a
+    warning names the file. Raises `InputError` naming the file for: a missing or empty file, bytes that
+    are not a decodable image, a truncated JPEG, a grayscale image (unless `allow_gray`), another sample
+    type (e.g. 32-bit float), an image with another number of channels.
     """
     path = Path(path)
     if not path.is_file():
@@ -52,7 +58,9 @@ def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputError(path, "not a decodable image")
-    if img.dtype != np.uint8:
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
         raise InputError(path, f"{img.dtype} image ({8 * img.dtype.itemsize}-bit): convert it to 8-bit RGB")
     if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
         if not allow_gray:
@@ -60,10 +68,21 @@ def read_image(path: str | Path, *, allow_gray: bool = False) -> np.ndarray:
         g = img.reshape(img.shape[0], img.shape[1])
         return np.repeat(g[:, :, None], 3, axis=2)
     if img.shape[2] == 4:
-        raise InputError(path, "RGBA image (has an alpha channel): save it as RGB")
+        img = _drop_alpha(img, path)
     if img.shape[2] != 3:
         raise InputError(path, f"unsupported image with {img.shape[2]} channels")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _drop_alpha(bgra: np.ndarray, path: Path) -> np.ndarray:
+    """BGR of a BGRA uint8 image: its colour where the alpha is opaque, composited on white elsewhere."""
+    bgr, alpha = bgra[:, :, :3], bgra[:, :, 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(bgr)
+    log.warning("%s: %.1f %% of its pixels are not opaque: composited on white", path,
+                100.0 * np.count_nonzero(alpha < 255) / alpha.size)
+    a = alpha[:, :, None].astype(np.float32) / 255.0
+    return (bgr * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -142,3 +161,14 @@ def image_name(path: str | Path, root: str | Path | None = None) -> str:
         except ValueError:
             pass
     return path.name
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a missing, unreadable or malformed file is one InputError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e})") from e

@@ -1,4 +1,5 @@
-"""Where things live. `BLOODSMEAR_DATA` locates the shared real data; nothing in the package needs it."""
+"""Where things live. `BLOODSMEAR_DATA` locates the shared real data (nothing in the package needs it);
+`BLOODSMEAR_CACHE` the caches (decoded arrays, domain crops, segmenter fields)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ def data_root() -> Path:
 
 def data_path(*parts: str) -> Path:
     return data_root().joinpath(*parts)
+
+
+def cache_dir(sub: str = "") -> Path:
+    """The cache folder `sub` of $BLOODSMEAR_CACHE (default ~/.cache/bloodsmear); the folder itself for ""."""
+    env = os.environ.get("BLOODSMEAR_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "bloodsmear"
+    return root / sub if sub else root

@@ -54,10 +54,13 @@ class Cell:
 
     @property
     def area(self) -> float:
-        if self.mask is not None:
-            return float(np.count_nonzero(self.mask))
+        """The cell's area in image pixels, the one definition every writer uses (results.json, coco.json):
+        the area of its outline polygon; without one, its mask's pixel count; else its box's area. (The
+        polygon is what every output stores and reads back, so the figure survives a round trip.)"""
         if self.polygon is not None and len(self.polygon) >= 3:
             return polygon_area(self.polygon)
+        if self.mask is not None:
+            return float(np.count_nonzero(self.mask))
         if self.box is not None:
             x1, y1, x2, y2 = self.box
             return max(0.0, x2 - x1) * max(0.0, y2 - y1)

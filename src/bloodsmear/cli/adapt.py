@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from bloodsmear.cli.common import emit_json, print_table
-from bloodsmear.errors import BloodsmearError
 from bloodsmear.experiments.adapt import adapt_model
 
 
@@ -38,14 +37,10 @@ def adapt_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Adapt a classifier to a lab's unlabelled images (DANN) and save a new model folder with its card."""
-    try:
-        res = adapt_model(model, target, out, fields=fields, pipeline=pipeline, source=source, epochs=epochs,
-                          batch_size=batch_size, lr=lr, train_from=train_from, seed=seed, threads=threads,
-                          max_per_class=max_per_class, max_source_drop=max_source_drop, device=device,
-                          progress=progress)
-    except BloodsmearError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    res = adapt_model(model, target, out, fields=fields, pipeline=pipeline, source=source, epochs=epochs,
+                      batch_size=batch_size, lr=lr, train_from=train_from, seed=seed, threads=threads,
+                      max_per_class=max_per_class, max_source_drop=max_source_drop, device=device,
+                      progress=progress)
     d = res.to_dict()
     rows = [("out_dir", d["out_dir"]), ("source train crops", d["n_source_train"]), ("target crops", d["n_target"]),
             ("epoch kept", d["kept_epoch"]),

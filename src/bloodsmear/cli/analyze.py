@@ -11,34 +11,31 @@ import typer
 from bloodsmear.cli.common import SCALE_HELP, emit_json, print_table
 from bloodsmear.errors import BloodsmearError
 from bloodsmear.evaluation.pipeline_eval import evaluate_pipeline
+from bloodsmear.inference.batch import WORKERS_HELP, check_inputs
 from bloodsmear.inference.batch import analyze as run_batch
-from bloodsmear.inference.pipeline import Pipeline, parse_scale
+from bloodsmear.inference.pipeline import Pipeline
+from bloodsmear.inference.pipeline_config import parse_scale
 
 log = logging.getLogger(__name__)
 
 
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(2)
-
-
 def analyze(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (JPEG, PNG, TIFF, BMP; recursive)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-running on it resumes)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-running the same run on it resumes)."),
     pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p",
                                            help="Pipeline config (YAML) or shipped name: default, maskrcnn."),
     scale: str = typer.Option("auto", "--scale", help=SCALE_HELP),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write an overlay PNG per image."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Images at once (default: CPU cores, max 2)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over: remove what an earlier run wrote into --out "
+                               "(default: resume it; one with another pipeline, models or --scale is refused)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (last line)."),
 ) -> None:
     """Find, outline, classify and count every WBC: results.json, coco.json, annotations.xml, counts.csv, overlays/."""
-    try:
-        parse_scale(scale, "--scale")
-        pipe = Pipeline.from_config(pipeline)
-        summary = run_batch(inputs, out, pipe, scale=scale, overlays=overlays, workers=workers)
-    except BloodsmearError as e:
-        _fail(e)
+    parse_scale(scale, "--scale")
+    check_inputs(inputs, out)  # before the models load: a wrong path is reported at once
+    pipe = Pipeline.from_config(pipeline)
+    summary = run_batch(inputs, out, pipe, scale=scale, overlays=overlays, workers=workers, fresh=fresh)
     d = summary.to_dict()
     rows = [(k, v) for k, v in sorted(summary.counts.items())]
     print_table(f"WBCs in {summary.n_images - summary.n_skipped} image(s)", ["class", "count"], rows)
@@ -70,12 +67,9 @@ def evaluate(
 ) -> None:
     """Detection, segmentation and classification figures of a pipeline against annotations."""
     if pipeline and segmenter:
-        _fail(ValueError("give --pipeline or --segmenter, not both"))
-    try:
-        report = evaluate_pipeline(dataset, pipeline=pipeline, segmenter=segmenter, split=split, fmt=fmt,
-                                   scale=scale, rescale=rescale, limit=limit, manifest=manifest, errors_dir=errors)
-    except BloodsmearError as e:
-        _fail(e)
+        raise BloodsmearError("give --pipeline or --segmenter, not both")
+    report = evaluate_pipeline(dataset, pipeline=pipeline, segmenter=segmenter, split=split, fmt=fmt,
+                               scale=scale, rescale=rescale, limit=limit, manifest=manifest, errors_dir=errors)
     figs = report["figures"]
     print_table(f"{report['dataset']} ({report['split']}, {report['n_images']} images)", ["figure", "value"],
                 [(k, v) for k, v in figs.items() if not isinstance(v, (dict, list))])

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from bloodsmear.cli.common import TTA_HELP, emit_json, print_table, tta_option
+from bloodsmear.cli.common import App, TTA_HELP, emit_json, print_table, tta_option
 from bloodsmear.config import parse_overrides
-from bloodsmear.errors import BloodsmearError
 from bloodsmear.evaluation.stages_eval import evaluate_stages
 from bloodsmear.experiments.bench_analyze import bench_analyze
+from bloodsmear.experiments.bench_classify import bench_classify
 from bloodsmear.experiments.domain_tables import summary
 from bloodsmear.experiments.domains import run_domains
 from bloodsmear.experiments.domains_config import load_domains_config
 from bloodsmear.experiments.grid import load_grid_config, result_table, run_grid
 from bloodsmear.experiments.rescore import rescore_domains
-from bloodsmear.inference.classify import bench_classify
+from bloodsmear.inference.batch import WORKERS_HELP
 from bloodsmear.preprocess.crop_batch import bench_crop
 
-app = typer.Typer(help="Benchmarks that print figures (speed, accuracy).", no_args_is_help=True)
+app = App(help="Benchmarks that print figures (speed, accuracy).", no_args_is_help=True)
 
 # Commands are added below by feature: crop, classify, grid, analyze, domains.
 
@@ -33,7 +33,7 @@ def bench_analyze_cmd(
     photo: bool = typer.Option(False, "--photo", help="Also time a synthetic 4032x3024 photo (fresh process)."),
     photo_source: str = typer.Option(None, "--photo-source", help="Field the photo is made of (default: the first)."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays (part of end to end)."),
-    workers: int = typer.Option(None, "--workers", help="Images analysed at once (default: CPU cores, max 2)."),
+    workers: int = typer.Option(None, "--workers", help=WORKERS_HELP),
     scale: str = typer.Option(None, "--scale", help="As analyze --scale (default: the pipeline configs', auto)."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
@@ -54,11 +54,7 @@ def bench_grid_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the table as one JSON object (last line)."),
 ) -> None:
     """The paper's Tables 3/4: backbones x frozen/fine-tuned x datasets -> results.csv + results.md (resumable)."""
-    try:
-        res = run_grid(load_grid_config(config), only=only or None, rerun=rerun)
-    except BloodsmearError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    res = run_grid(load_grid_config(config), only=only or None, rerun=rerun)
     cols, rows = result_table(res.rows)
     short = [cols.index(c) for c in ("dataset", "backbone", "weights", "mode", "accuracy", "macro_precision",
                                       "macro_recall", "macro_f1", "train_time_s")]
@@ -85,15 +81,8 @@ def bench_domains_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object (last line)."),
 ) -> None:
     """The paper's Tables 5/6 + stain normalisation across two domains -> CSV + Markdown tables (resumable)."""
-    try:
-        cfg = load_domains_config(config, parse_overrides(set_))
-        if rescore:
-            res = rescore_domains(cfg, tta, only=only or None)
-        else:
-            res = run_domains(cfg, only=only or None)
-    except BloodsmearError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    cfg = load_domains_config(config, parse_overrides(set_))
+    res = rescore_domains(cfg, tta, only=only or None) if rescore else run_domains(cfg, only=only or None)
     cols = ("table", "run", "method", "trained_on", "tested_on", "macro_precision", "macro_recall", "macro_f1",
             "accuracy", "n")
     print_table(f"domains (test splits, %) -> {res.out_dir}", list(cols), [[r[c] for c in cols] for r in res.rows])

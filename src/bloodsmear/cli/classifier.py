@@ -10,32 +10,36 @@ import torch
 import typer
 
 from bloodsmear.cli.common import TTA_HELP, emit_json, print_table, tta_option
-from bloodsmear.inference.classify import classify_paths, evaluate_model, write_predictions
+from bloodsmear.errors import InputError
+from bloodsmear.experiments.runner import run_config_file
+from bloodsmear.evaluation.classifier import evaluate_model
+from bloodsmear.inference.classify import classify_paths, write_predictions
 from bloodsmear.metrics.plots import plot_confusion
-from bloodsmear.training.trainer import train_from_file
 
 log = logging.getLogger(__name__)
 
 
 def train_cmd(
-    config: Path = typer.Argument(..., help="Experiment config (YAML/JSON); `kind:` picks classifier (default) or others."),
+    config: Path = typer.Argument(..., help="Experiment config (YAML/JSON); `kind:` picks classifier (default), "
+                                            "domains, dann or grid."),
     restart: bool = typer.Option(False, "--restart", help="Ignore an existing checkpoint and start over."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Override out_dir."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override epochs."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Override the output folder."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override epochs (domains/dann: train.epochs)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override the learning rate (classifier: optim.lr)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the batch size."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the training seed."),
+    device: Optional[str] = typer.Option(None, "--device", help="domains/dann: cpu, cuda or auto."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
-                                              help="Override model.pretrained (random init with --no-pretrained)."),
+                                              help="Override pretrained (random init with --no-pretrained)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                             help="Override any config key, dotted (e.g. train.dann.max_lambda=0.5)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Train a model from a config file; re-running the same command resumes after a kill."""
-    over: dict = {}
-    if out_dir is not None:
-        over["out_dir"] = str(out_dir)
-    if epochs is not None:
-        over["epochs"] = epochs
-    if pretrained is not None:
-        over["model"] = {"pretrained": pretrained}
-    res = train_from_file(config, over, restart=restart, progress=progress)
+    shortcuts = {"out_dir": None if out_dir is None else str(out_dir), "epochs": epochs, "lr": lr,
+                 "batch_size": batch_size, "seed": seed, "device": device, "pretrained": pretrained}
+    res = run_config_file(config, shortcuts=shortcuts, sets=set_, restart=restart, progress=progress)
     d = res.to_dict()
     test = d.get("test") or {}
     print_table("Training result", ["figure", "value"],
@@ -58,6 +62,9 @@ def classify_cmd(
     if threads:
         torch.set_num_threads(threads)
     res = classify_paths(inputs, model=model, batch_size=batch_size, progress=progress, tta=tta)
+    if not res.predictions:
+        first = f": {res.skipped[0]}" if res.skipped else ""
+        raise InputError(None, f"no image classified ({len(res.skipped)} input(s) skipped{first})")
     if out is not None:
         write_predictions(res, out)
         log.info("wrote %d predictions to %s", len(res.predictions), out)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from bloodsmear.cli.common import SCALE_HELP, emit_json, print_table
+from bloodsmear.cli.common import App, SCALE_HELP, emit_json, print_table
 from bloodsmear.data import load_dataset
-from bloodsmear.errors import BloodsmearError
 from bloodsmear.inference.export import export_cell_crops
 from bloodsmear.preprocess.cells import crop_dataset_cells
 from bloodsmear.preprocess.crop_batch import crop_pbc_folder
 
-app = typer.Typer(help="Crop single-cell images (C-PBC) or annotated cells out of fields.", no_args_is_help=True)
+app = App(help="Crop single-cell images (C-PBC) or annotated cells out of fields.", no_args_is_help=True)
 log = logging.getLogger(__name__)
 
 
@@ -22,17 +22,14 @@ log = logging.getLogger(__name__)
 def crop_pbc_cmd(
     src: Path = typer.Argument(..., help="PBC-style folder: one sub-folder per class."),
     dst: Path = typer.Argument(..., help="Output folder (same class folders and file names)."),
-    method: str = typer.Option("fast", "--method", "-m", help="fast or paper (the paper's exact pipeline)."),
+    method: Literal["fast", "paper"] = typer.Option("fast", "--method", "-m",
+                                                    help="fast or paper (the paper's exact pipeline)."),
     size: int = typer.Option(None, "--size", help="Resize every crop to SIZE x SIZE."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Crop every image around its white cell (the paper's C-PBC); re-runs skip files already done."""
-    try:
-        s = crop_pbc_folder(src, dst, method=method, size=size, progress=progress)
-    except (BloodsmearError, ValueError) as e:
-        log.error("%s", e)
-        raise typer.Exit(2) from e
+    s = crop_pbc_folder(src, dst, method=method, size=size, progress=progress)
     for msg in s.failed:
         typer.echo(f"skipped: {msg}", err=True)
     print_table(f"crop pbc ({method}) -> {dst}", ["", "files"],
@@ -57,11 +54,7 @@ def crop_cells_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Crop every annotated WBC into DST/<class>/<image>_<index>.jpg (BCCD: the WBC subtype is the class)."""
-    try:
-        ds = load_dataset(dataset, format)
-    except BloodsmearError as e:
-        log.error("%s", e)
-        raise typer.Exit(2) from e
+    ds = load_dataset(dataset, format)
     s = crop_dataset_cells(ds, dst, pad=pad, mask_background=mask_background, size=size, progress=progress)
     for msg in s.failed_images + s.failed_cells:
         typer.echo(f"skipped: {msg}", err=True)
@@ -85,19 +78,15 @@ def crop_fields_cmd(
     one_per_image: bool = typer.Option(False, "--one-per-image/--all-cells",
                                        help="Keep only the largest cell of each field (one WBC per field)."),
     size: int = typer.Option(None, "--size", help="Resize every crop to SIZE x SIZE."),
-    ext: str = typer.Option("png", "--ext", help="png or jpg."),
+    ext: Literal["png", "jpg"] = typer.Option("png", "--ext", help="png or jpg."),
     scale: str = typer.Option(None, "--scale", help=SCALE_HELP + " Default: the pipeline config's."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Crop every WBC the pipeline's segmenter finds in fields, framed as `analyze` frames them
     (e.g. a DANN target domain); writes OUT/<relative path>[_k].png and OUT/crops.csv; re-runs resume."""
-    try:
-        r = export_cell_crops(inputs, out, pipeline=pipeline, one_per_image=one_per_image, size=size, ext=ext,
-                              scale=scale, progress=progress)
-    except (BloodsmearError, ValueError) as e:
-        log.error("%s", e)
-        raise typer.Exit(2) from e
+    r = export_cell_crops(inputs, out, pipeline=pipeline, one_per_image=one_per_image, size=size, ext=ext,
+                          scale=scale, progress=progress)
     for p, why in r.skipped:
         typer.echo(f"skipped: {why}", err=True)
     print_table(f"crop fields -> {out}", ["", "n"],

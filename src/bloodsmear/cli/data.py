@@ -7,24 +7,19 @@ from pathlib import Path
 
 import typer
 
-from bloodsmear.cli.common import emit_json, print_table
+from bloodsmear.cli.common import App, emit_json, print_table
 from bloodsmear.data import load_dataset
 from bloodsmear.data.splits import SCHEMES, make_split, save_manifest
 from bloodsmear.data.summary import summarize
-from bloodsmear.errors import BloodsmearError
 
-app = typer.Typer(help="Datasets: summaries and split manifests.", no_args_is_help=True)
+app = App(help="Datasets: summaries and split manifests.", no_args_is_help=True)
 log = logging.getLogger(__name__)
 
 _FORMAT_HELP = "Dataset format: auto, pbc, lisc, folders, voc, cvat, coco."
 
 
 def _load(path: Path, fmt: str, strict: bool):
-    try:
-        ds = load_dataset(path, fmt, strict=strict)
-    except BloodsmearError as e:
-        log.error("%s", e)
-        raise typer.Exit(2) from e
+    ds = load_dataset(path, fmt, strict=strict)
     if ds.skipped:
         log.warning("%s: %d entries skipped (see the summary's skipped list)", path, len(ds.skipped))
     return ds

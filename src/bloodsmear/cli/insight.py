@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import torch
 import typer
 
-from bloodsmear.cli.common import emit_json, print_table
-from bloodsmear.errors import BloodsmearError
+from bloodsmear.cli.common import App, emit_json, print_table
 from bloodsmear.evaluation.complexity import complexity_rows, model_complexity
 from bloodsmear.io import write_text_atomic
 from bloodsmear.models.artifact import load_model
@@ -23,13 +22,8 @@ from bloodsmear.viz.tsne import tsne_model
 
 log = logging.getLogger(__name__)
 
-insight_app = typer.Typer(help="Look inside a classifier: activation maximisation, Grad-CAM, t-SNE.",
+insight_app = App(help="Look inside a classifier: activation maximisation, Grad-CAM, t-SNE.",
                           no_args_is_help=True)
-
-
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(2)
 
 
 def complexity(
@@ -38,7 +32,8 @@ def complexity(
     batch_size: int = typer.Option(8, "--batch-size", help="Batch for activation memory and timing."),
     repeats: int = typer.Option(3, "--repeats", help="Timing repeats (mean ± std)."),
     train_images: int = typer.Option(0, "--train-images", help="Synthetic images per timed epoch (default 4 batches)."),
-    train_mode: str = typer.Option("finetune", "--train-mode", help="Mode of the timed training epoch: frozen or finetune."),
+    train_mode: Literal["frozen", "finetune"] = typer.Option("finetune", "--train-mode",
+                                                             help="Mode of the timed training epoch."),
     num_classes: int = typer.Option(8, "--num-classes", help="Classes of the softmax head."),
     timing: bool = typer.Option(True, "--timing/--no-timing", help="Time a train epoch and inference."),
     threads: int = typer.Option(0, "--threads", help="torch threads (0 = torch's default)."),
@@ -50,13 +45,10 @@ def complexity(
         torch.set_num_threads(threads)
     results = []
     for name in names:
-        try:
-            log.info("complexity of %s at %d px", name, input_size)
-            results.append(model_complexity(name, input_size=input_size, batch_size=batch_size, num_classes=num_classes,
-                                            repeats=repeats, train_images=train_images, train_mode=train_mode,
-                                            timing=timing))
-        except (BloodsmearError, KeyError, ValueError) as e:
-            _fail(e)
+        log.info("complexity of %s at %d px", name, input_size)
+        results.append(model_complexity(name, input_size=input_size, batch_size=batch_size, num_classes=num_classes,
+                                        repeats=repeats, train_images=train_images, train_mode=train_mode,
+                                        timing=timing))
     cols, rows = complexity_rows(results)
     # transposed on screen (one column per model): the table is wide
     print_table(f"Model complexity ({input_size} px, batch {batch_size}, {torch.get_num_threads()} threads)",
@@ -89,14 +81,11 @@ def actmax(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Activation maximisation (the paper's Fig. 10): the input that most excites a filter, from noise."""
-    try:
-        if list_layers:
-            for name in conv_layer_names(load_model(model).model):
-                typer.echo(name)
-            return
-        d = actmax_model(model, layer, filters, out, steps=steps, size=size)
-    except (BloodsmearError, KeyError, IndexError, ValueError) as e:
-        _fail(e)
+    if list_layers:
+        for name in conv_layer_names(load_model(model).model):
+            typer.echo(name)
+        return
+    d = actmax_model(model, layer, filters, out, steps=steps, size=size)
     print_table(f"activation maximisation of {d['layer']} -> {out}", ["filter", "start activation", "final activation"],
                 [(f["filter"], f["start_activation"], f["final_activation"]) for f in d["filters"]])
     if json_out:
@@ -113,10 +102,7 @@ def gradcam(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Grad-CAM heat maps over single-cell images (cell | heat map side by side)."""
-    try:
-        d = gradcam_model(model, images, out, layer=layer, target=target)
-    except (BloodsmearError, KeyError, ValueError) as e:
-        _fail(e)
+    d = gradcam_model(model, images, out, layer=layer, target=target)
     print_table(f"Grad-CAM ({d['layer']}) -> {out}", ["image", "class", "probability"],
                 [(Path(r["image"]).name, r["class"], r["probability"]) for r in d["images"]])
     typer.echo(f"{d['n_images']} image(s) written, {d['n_skipped']} skipped", err=True)
@@ -137,10 +123,7 @@ def tsne(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """t-SNE of the penultimate (Dense(128)) features, coloured by class."""
-    try:
-        d = tsne_model(model, dataset, out, n=n, fmt=fmt, seed=seed)
-    except (BloodsmearError, KeyError, ValueError) as e:
-        _fail(e)
+    d = tsne_model(model, dataset, out, n=n, fmt=fmt, seed=seed)
     print_table(f"t-SNE of {d['n_images']} images ({d['feature_dim']}-d features) -> {out}", ["class", "images"],
                 sorted(d["per_class"].items()))
     if json_out:

@@ -1,4 +1,6 @@
-"""The `bloodsmear` command. Sub-command groups live in sibling modules and are registered here."""
+"""The `bloodsmear` command. Sub-command groups live in sibling modules and are registered here; every
+group is a `cli.common.App`, so one error boundary covers every command (a `BloodsmearError` is one
+`error: ...` line on stderr and exit code 2)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,12 @@ import importlib
 import typer
 
 from bloodsmear import __version__
-from bloodsmear.cli.common import setup_logging
+from bloodsmear.cli.common import App, setup_logging
 
-app = typer.Typer(
+app = App(
     name="bloodsmear",
     help="White-blood-cell differential from peripheral blood smear photos.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 
 # (module, attribute, group name or None for top-level commands registered by the module itself)
@@ -33,9 +33,17 @@ _COMMAND_MODULES = [
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    _version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                  help="Print the version and exit."),
 ) -> None:
     setup_logging(verbose)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bloodsmear.data.registry import load
+from bloodsmear.data.registry import FORMATS, load
 from bloodsmear.types import Dataset
 
-FORMATS = ("auto", "pbc", "lisc", "folders", "voc", "cvat", "coco")
+__all__ = ["FORMATS", "load_dataset"]
 
 
 def load_dataset(path: str | Path, format: str = "auto", **kwargs) -> Dataset:  # noqa: A002

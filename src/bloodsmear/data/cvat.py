@@ -23,11 +23,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable
 
-import cv2
 import numpy as np
 
 from bloodsmear.classes import canonical
 from bloodsmear.errors import BloodsmearError, InputError
+from bloodsmear.geometry import mask_to_polygon
 from bloodsmear.io import image_name, write_text_atomic
 from bloodsmear.types import AnnotatedImage, Cell, Dataset
 
@@ -199,11 +199,7 @@ def _mask_polygon(cell: Cell) -> np.ndarray | None:
     """The largest outer contour of a cell's mask, in image coordinates."""
     if cell.mask is None or not np.any(cell.mask):
         return None
-    m = np.ascontiguousarray(cell.mask.astype(np.uint8))
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return None
-    c = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float)
+    c = mask_to_polygon(cell.mask, chain="simple")
     if not cell.mask_full and cell.box is not None:
         c += (int(round(cell.box[0])), int(round(cell.box[1])))
     return c if len(c) >= 3 else None

@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -89,11 +91,6 @@ class SplitManifest:
                 raise InputError(dataset.root, msg)
             log.warning("%s: %s", dataset.root, msg)
         return out
-
-    def subset_dataset(self, dataset: Dataset, split: str, **kw) -> Dataset:
-        """Like `subset` but as a `Dataset` named ``<name>:<split>``."""
-        return Dataset(name=f"{dataset.name}:{split}", root=dataset.root, images=self.subset(dataset, split, **kw),
-                       format=dataset.format)
 
     def label_conflicts(self) -> list[list[tuple[str, str]]]:
         """Duplicate groups whose files carry different labels (PBC: one eosinophil = a BNE file)."""
@@ -249,14 +246,44 @@ def make_split(dataset: Dataset, scheme: str = "64-16-20", seed: int = 42, *, wo
     return manifest
 
 
-def seeded_sample(items: list, limit: int | None, seed: int = 0) -> list:
-    """`limit` of `items` drawn without replacement by `seed`, in their original order (all when
-    `limit` is None or not smaller)."""
+def seeded_sample(items: list, limit: int | None, seed: int = 0, *, rng: np.random.Generator | None = None) -> list:
+    """`limit` of `items` drawn without replacement by `seed` (or from `rng`, which then advances), in
+    their original order (all, drawing nothing, when `limit` is None or not smaller)."""
     if limit is None or limit >= len(items):
         return list(items)
-
-    rng = np.random.default_rng(seed)
+    if rng is None:
+        rng = np.random.default_rng(seed)
     return [items[i] for i in sorted(rng.choice(len(items), size=limit, replace=False))]
+
+
+#: How `per_class_sample` draws: "shared" one numpy generator for the classes in turn (`seeded_sample`),
+#: "permutation" one numpy generator permuting every class (the adapt experiments'), "per-label" Python's
+#: `random.Random(f"{seed}:{label}")` per class (the grid's). Each keeps the samples its results were made with.
+SAMPLE_STREAMS = ("shared", "permutation", "per-label")
+
+
+def per_class_sample(labels: Sequence[str], limit: int | None, seed: int, *, fraction: float = 1.0,
+                     stream: str = "shared") -> list[int]:
+    """Sorted indices of a seeded sample of each class of `labels` (classes in sorted order): `fraction`
+    of the class (rounded, at least 1), at most `limit` (None: no cap); every index when neither cuts."""
+    if stream not in SAMPLE_STREAMS:
+        raise ValueError(f"unknown sample stream {stream!r} (valid: {', '.join(SAMPLE_STREAMS)})")
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for c in sorted(set(labels)):
+        idx = [i for i, lab in enumerate(labels) if lab == c]
+        n = len(idx)
+        if fraction < 1.0:
+            n = max(1, int(round(n * fraction)))
+        if limit is not None:
+            n = min(n, limit)
+        if stream == "shared":
+            keep += seeded_sample(idx, n, rng=rng)
+        elif stream == "permutation":
+            keep += rng.permutation(idx)[:n].tolist()
+        else:
+            keep += idx if n >= len(idx) else random.Random(f"{seed}:{c}").sample(idx, n)
+    return sorted(keep)
 
 
 def save_manifest(manifest: SplitManifest, dest: str | Path) -> Path:
@@ -288,4 +315,4 @@ def resolve_root(manifest: SplitManifest, root: str | Path | None = None) -> Pat
 
 
 __all__ = ["SCHEMES", "SplitManifest", "make_split", "save_manifest", "load_manifest", "stratify_label",
-           "duplicate_groups", "file_hashes", "resolve_root"]
+           "duplicate_groups", "file_hashes", "resolve_root", "seeded_sample", "per_class_sample", "SAMPLE_STREAMS"]

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -33,6 +34,7 @@ from bloodsmear.inference.pipeline import Pipeline, WbcOnly
 from bloodsmear.inference.scale_plan import plan_for
 from bloodsmear.io import read_image
 from bloodsmear.metrics.detection import WBC_LABELS, evaluate_detection, match_cells
+from bloodsmear.preprocess.resize import resize_by
 from bloodsmear.types import AnnotatedImage, Cell, Dataset
 
 log = logging.getLogger(__name__)
@@ -213,10 +215,7 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
 
 def _plan_scales(pipe, images: list[AnnotatedImage], scale, rescale: float) -> dict:
     """The fields' scales pooled per folder (`inference.scale_plan`) for the modes that pool, else {}."""
-    def resize(rgb: np.ndarray) -> np.ndarray:
-        size = (max(1, round(rgb.shape[1] * rescale)), max(1, round(rgb.shape[0] * rescale)))
-        return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if rescale < 1 else cv2.INTER_LINEAR)
-
+    resize = partial(resize_by, factor=rescale, tol=0.0)  # always resized, as the evaluated fields are
     return plan_for(pipe, [im.path for im in images], scale, transform=None if rescale == 1.0 else resize)
 
 

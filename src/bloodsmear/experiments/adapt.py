@@ -21,9 +21,7 @@ class mix of the target images before and after.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +29,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bloodsmear.data.splits import SplitManifest
+from bloodsmear.data.splits import SplitManifest, per_class_sample
 from bloodsmear.errors import InputError
 from bloodsmear.experiments.domain_data import DomainSpec, build_domain, split_domain
 from bloodsmear.inference.export import field_crops, segmenting_pipeline
-from bloodsmear.io import list_images, read_image, write_json_atomic, write_text_atomic
+from bloodsmear.io import list_images, read_image, read_json, write_json_atomic, write_text_atomic
 from bloodsmear.models.artifact import load_model, save_model
+from bloodsmear.models.card import card_footer, card_header, command_line, metrics_section
 from bloodsmear.preprocess.augment_paper import PaperPolicy
 from bloodsmear.preprocess.color import ReinhardNormalizer
 from bloodsmear.preprocess.transforms import fit_image
-from bloodsmear.settings import data_root
+from bloodsmear.settings import cache_dir, data_root
 from bloodsmear.training.engine import evaluate, predict, resolve_device
 from bloodsmear.training.feature_cache import MapLoader, TailModel, cached_views
 from bloodsmear.training.objectives import build_objective
@@ -114,23 +113,15 @@ def read_target(folder: str | Path, size: int, *, fields: bool = False, pipeline
     return np.stack(crops), paths, skipped
 
 
-def _subsample_idx(idx: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
-    if not per_class:
-        return idx
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(idx[labels[idx] == c])[:per_class] for c in np.unique(labels[idx])]
-    return np.sort(np.concatenate(keep)) if keep else idx
-
-
 def _manifest_for(folder: Path, info) -> dict | None:
     """The source split manifest recorded in a model folder (a plain one, or the source's in domain_splits)."""
     t = info.training or {}
     ds = folder / "domain_splits.json"
     if t.get("kind") == "domains" and ds.is_file():
-        return json.loads(ds.read_text())["domains"].get(t["run"]["train"][0])
+        return read_json(ds)["domains"].get(t["run"]["train"][0])
     sp = folder / "split.json"
     if t.get("kind") != "domains" and sp.is_file():
-        d = json.loads(sp.read_text())
+        d = read_json(sp)
         return d if "splits" in d else None
     return None
 
@@ -164,7 +155,7 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
     root = Path(spec.root) if Path(spec.root).is_absolute() else data_root() / (spec.root or spec.name)
     if not root.exists():
         raise InputError(root, "the model's source data is not here; set BLOODSMEAR_DATA or pass --source FOLDER")
-    dom = build_domain(spec, classes, cache_dir=_cache_dir() if source is None else None)
+    dom = build_domain(spec, classes, cache_dir=cache_dir("domains") if source is None else None)
     if manifest is not None:
         m = SplitManifest(**{k: v for k, v in manifest.items() if k in SplitManifest.__dataclass_fields__})
         member = {s: set(m.paths(s)) if s in m.splits else set() for s in ("train", "val", "test")}
@@ -175,15 +166,13 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
         raise InputError(root, "the model's split manifest leaves a source part (train/val/test) empty here")
     out = {}
     for s in ("train", "val", "test"):
-        idx = _subsample_idx(parts[s], dom.labels, (max_per_class if s == "train" else max(1, max_per_class // 2))
-                             if max_per_class else None, seed)
+        idx = parts[s]
+        if max_per_class:
+            cap = max_per_class if s == "train" else max(1, max_per_class // 2)
+            idx = np.sort(idx[per_class_sample(list(dom.labels[idx]), cap, seed, stream="permutation")])
         out[s] = (np.stack([fit_image(im, info.input_size, info.crop_fraction) for im in dom.images[idx]]),
                   dom.labels[idx])  # the model's framing
     return out
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "domains"
 
 
 def _mix(tail, maps: torch.Tensor, classes: list[str], device=None) -> dict:
@@ -295,28 +284,23 @@ class _SourceKeeper:
 
 
 def _card(info, before, after, mix_b, mix_a, n_src, n_tgt, n_skip, secs, base, target) -> str:
-    mix = "\n".join(f"| {c} | {mix_b[c]} | {mix_a[c]} |" for c in info.classes)
-    return f"""# {info.name}
-
-`{base}` adapted with DANN (gradient reversal, Ganin & Lempitsky 2015) to the unlabelled images of
-`{target}` ({n_tgt} used, {n_skip} skipped). Source: the model's own labelled training data ({n_src} crops).
-Classes: {', '.join(info.classes)}. Input: {info.input_size} px, mean {info.mean}, std {info.std}.
-Command: `bloodsmear adapt --model {base} --target {target} --out <this folder>`; {secs:.0f} s on
-{info.training.get("device", "cpu")}. Epoch kept: {info.training.get("kept_epoch")} (the latest within
-{info.training.get("max_source_drop")} of the source validation macro F1 before adaptation,
-{info.training.get("source_val_f1_before", 0.0):.4f}).
-
-## Source test split (labelled), before -> after
-
-Macro F1 {before.macro_f1:.4f} -> {after.macro_f1:.4f}; accuracy {before.accuracy:.4f} -> {after.accuracy:.4f}
-(n = {after.n}).
-
-## Target images: predicted classes, before -> after (no labels: a sanity check, not a score)
-
-| class | before | after |
-|---|---|---|
-{mix}
-"""
+    t = info.training
+    lines = card_header(info.name, f"`{base}` adapted with DANN (gradient reversal, Ganin & Lempitsky 2015) to the "
+                                   f"unlabelled images of `{target}` ({n_tgt} used, {n_skip} skipped). Source: the "
+                                   f"model's own labelled training data ({n_src} crops).")
+    lines += [f"- Classes: {', '.join(info.classes)}. Input: {info.input_size} px, mean {info.mean}, std {info.std}.",
+              command_line(f"bloodsmear adapt --model {base} --target {target} --out <this folder>")
+              + f"; {secs:.0f} s on {t.get('device', 'cpu')}.",
+              f"- Epoch kept: {t.get('kept_epoch')} (the latest within {t.get('max_source_drop')} of the source "
+              f"validation macro F1 before adaptation, {t.get('source_val_f1_before', 0.0):.4f}).", "",
+              "## Source test split (labelled), before -> after", "",
+              f"Macro F1 {before.macro_f1:.4f} -> {after.macro_f1:.4f}; accuracy {before.accuracy:.4f} -> "
+              f"{after.accuracy:.4f} (n = {after.n}).", ""]
+    lines += metrics_section(after, title="Source test split after adaptation", what="source test crops")
+    lines += ["## Target images: predicted classes, before -> after (no labels: a sanity check, not a score)", "",
+              "| class | before | after |", "|---|---|---|"]
+    lines += [f"| {c} | {mix_b[c]} | {mix_a[c]} |" for c in info.classes]
+    return "\n".join(lines + [""] + card_footer())
 
 
 __all__ = ["adapt_model", "AdaptResult", "read_target", "source_data"]

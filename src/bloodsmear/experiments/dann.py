@@ -14,33 +14,40 @@ B = target), trained by the one engine (`trainer.fit`) with the `dann` objective
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from bloodsmear.errors import InputError
+from pydantic import ValidationInfo, field_validator
+
+from bloodsmear.config import StrictConfig, load_config
 from bloodsmear.experiments.domains import run_domains
-from bloodsmear.experiments.domains_config import DomainsConfig, load_typed_config
-from bloodsmear.training.trainer import register_train_kind
+from bloodsmear.experiments.domain_runs import MapSettings, RunSettings
+from bloodsmear.experiments.domains_config import DomainsConfig, check_domain
 
 
-@dataclass
-class DannConfig:
+class DannConfig(StrictConfig):
     name: str = "dann"
-    source: dict = field(default_factory=lambda: {"name": "pbc", "max_per_class": 300})
-    target: dict = field(default_factory=lambda: {"name": "lisc"})
+    source: dict = {"name": "pbc", "max_per_class": 300}  # a domain (as under `domains:` of a domains config)
+    target: dict = {"name": "lisc"}
     classes: list[str] | None = None
     image_size: int = 96
     scheme: str = "64-16-20"
     split_seed: int = 42
-    objective: str = "dann"  # dann | supervised
+    objective: Literal["dann", "supervised"] = "dann"
     stain: bool = False
-    maps: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
+    maps: MapSettings = MapSettings()
+    train: RunSettings = RunSettings()
     threads: int = 1
     device: str = "cpu"  # cpu | cuda | auto
     out_dir: str = "runs/dann"
     cache_dir: str | None = None
+
+    @field_validator("source", "target")
+    @classmethod
+    def _known_domain_keys(cls, d: dict, info: ValidationInfo) -> dict:
+        check_domain(d, info.field_name)
+        return d
 
 
 @dataclass
@@ -55,11 +62,8 @@ class DannTrainResult:
                 **{f"test_{dom}": m for dom, m in self.test.items()}}
 
 
-def load_dann_config(path: str | Path, overrides: dict | None = None) -> DannConfig:
-    cfg = load_typed_config(DannConfig, path, overrides)
-    if cfg.objective not in ("dann", "supervised"):
-        raise InputError(path, f"objective must be dann or supervised, got {cfg.objective!r}")
-    return cfg
+def load_dann_config(path: str | Path, overrides: dict | list[str] | None = None) -> DannConfig:
+    return load_config(DannConfig, path, overrides)
 
 
 def run_id(cfg: DannConfig) -> str:
@@ -80,19 +84,3 @@ def train_dann(cfg: DannConfig, *, progress: bool = True) -> DannTrainResult:
             for r in res.rows}
     secs = res.rows[0]["train_seconds"] if res.rows else 0.0
     return DannTrainResult(run=rid, model_dir=Path(cfg.out_dir) / "runs" / rid / "model", test=test, train_seconds=secs)
-
-
-@register_train_kind("dann")
-def _train_dann_file(path, overrides: dict | None = None, *, restart: bool = False, progress: bool = True):
-    over = dict(overrides or {})  # `bloodsmear train` options: --epochs, --pretrained, --out-dir
-    train = {}
-    if "epochs" in over:
-        train["epochs"] = over.pop("epochs")
-    if "pretrained" in (over.get("model") or {}):
-        train["pretrained"] = over.pop("model")["pretrained"]
-    if train:
-        over["train"] = train
-    cfg = load_dann_config(path, over)
-    if restart:
-        shutil.rmtree(Path(cfg.out_dir) / "runs" / run_id(cfg), ignore_errors=True)
-    return train_dann(cfg, progress=progress)

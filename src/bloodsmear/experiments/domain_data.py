@@ -28,10 +28,11 @@ import cv2
 import numpy as np
 
 from bloodsmear.data import load_dataset
-from bloodsmear.data.splits import file_hashes, make_split
+from bloodsmear.data.splits import file_hashes, make_split, per_class_sample
 from bloodsmear.errors import InputError
 from bloodsmear.inference.export import field_crops, segmenting_pipeline
 from bloodsmear.io import atomic_path, read_image
+from bloodsmear.preprocess.resize import resize_square_bicubic
 from bloodsmear.settings import data_root
 from bloodsmear.types import AnnotatedImage, Dataset
 
@@ -81,12 +82,6 @@ class DomainCrops:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def take(self, idx: np.ndarray | list[int]) -> "DomainCrops":
-        idx = np.asarray(idx, dtype=int)
-        return DomainCrops(self.name, self.classes, self.images[idx], self.labels[idx],
-                           [self.paths[i] for i in idx], [self.groups[i] for i in idx], self.root,
-                           None if self.hashes is None else [self.hashes[i] for i in idx])
 
     def counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
@@ -146,13 +141,6 @@ def crop_square(rgb: np.ndarray, cx: float, cy: float, side: int, *, keep_inside
     return np.ascontiguousarray(rgb[y1:y2, x1:x2])
 
 
-def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    if rgb.shape[0] == size and rgb.shape[1] == size:
-        return np.array(rgb, copy=True)
-    interp = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_CUBIC
-    return cv2.resize(rgb, (size, size), interpolation=interp)
-
-
 # --------------------------------------------------------------------------------------------------
 # readers per domain
 
@@ -163,27 +151,13 @@ def _root(spec: DomainSpec) -> Path:
     return p if p.is_absolute() else data_root() / p
 
 
-def _subsample(items: list, labels: list[str], max_per_class: int | None, seed: int) -> list[int]:
-    idx = list(range(len(items)))
-    if not max_per_class:
-        return idx
-    rng = np.random.default_rng(seed)
-    keep: list[int] = []
-    for c in sorted(set(labels)):
-        ci = [i for i in idx if labels[i] == c]
-        if len(ci) > max_per_class:
-            ci = sorted(rng.choice(ci, size=max_per_class, replace=False).tolist())
-        keep += ci
-    return sorted(keep)
-
-
 def _class_images(spec: DomainSpec, classes: list[str]):
     """(relative path, label, rgb-reader) of a class-per-folder dataset, restricted to `classes`."""
     root = _root(spec)
     fmt = {"pbc": "pbc", "lisc": "lisc"}.get(spec.name, "folders")
     ds = load_dataset(root, fmt, strict=False) if fmt == "folders" else load_dataset(root, fmt)
     ims = [im for im in ds.images if im.label in classes]
-    keep = _subsample(ims, [im.label for im in ims], spec.max_per_class, spec.seed)
+    keep = per_class_sample([im.label for im in ims], spec.max_per_class or None, spec.seed)
     return root, [ims[i] for i in keep]
 
 
@@ -217,7 +191,7 @@ def _read_class_domain(spec: DomainSpec, classes: list[str]) -> tuple[list[np.nd
         else:  # single-cell images: centre square
             h, w = rgb.shape[:2]
             rgb = crop_square(rgb, w / 2, h / 2, min(h, w))
-        crops.append(resize_square(rgb, spec.size))
+        crops.append(resize_square_bicubic(rgb, spec.size))
         labels.append(im.label)
         paths.append(rel)
     return crops, labels, paths, skipped
@@ -239,7 +213,7 @@ def _read_bccd(spec: DomainSpec, classes: list[str]) -> tuple[list[np.ndarray], 
         if lab is None:
             continue
         cand.append((im, c, lab))
-    keep = _subsample(cand, [x[2] for x in cand], spec.max_per_class, spec.seed)
+    keep = per_class_sample([x[2] for x in cand], spec.max_per_class or None, spec.seed)
     crops, labels, paths, skipped = [], [], [], []
     for i in keep:
         im, c, lab = cand[i]
@@ -250,7 +224,7 @@ def _read_bccd(spec: DomainSpec, classes: list[str]) -> tuple[list[np.ndarray], 
             continue
         x1, y1, x2, y2 = c.box
         side = int(round(spec.box_scale * max(x2 - x1, y2 - y1)))
-        crops.append(resize_square(crop_square(rgb, (x1 + x2) / 2, (y1 + y2) / 2, max(side, 8)), spec.size))
+        crops.append(resize_square_bicubic(crop_square(rgb, (x1 + x2) / 2, (y1 + y2) / 2, max(side, 8)), spec.size))
         labels.append(lab)
         paths.append(Path(im.path).relative_to(root).as_posix())
     return crops, labels, paths, skipped

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bloodsmear.config import StrictConfig
 from bloodsmear.experiments.domain_data import DomainCrops, DomainSpec, build_domain, split_domain
-from bloodsmear.io import write_json_atomic
-from bloodsmear.metrics.classification import ClassificationReport, report_markdown
+from bloodsmear.io import read_json, write_json_atomic
 from bloodsmear.models.artifact import ModelInfo, load_model, save_model
+from bloodsmear.models.card import card_header, command_line, metrics_section
 from bloodsmear.models.classifier import build_classifier
 from bloodsmear.preprocess.augment_paper import PaperPolicy
 from bloodsmear.preprocess.color import ReinhardNormalizer
@@ -86,8 +87,9 @@ def prepare_domains(domains: dict[str, dict], classes: list[str], *, scheme: str
 
 
 # ------------------------------------------------------------------------------------------- map cache
-@dataclass
-class MapSettings:
+class MapSettings(StrictConfig):
+    """The `maps:` section of a domains / DANN config: the frozen lower blocks and their cached views."""
+
     backbone: str = "mobilenet_v2"
     train_from: int = 17
     views: int = 4  # per training crop: the crop itself + views-1 augmented copies
@@ -101,7 +103,7 @@ def _maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSetting
     idx = prep.splits[key][part]
     dom = prep.crops[key]
     views = ms.views if part == "train" else 1
-    msd = {k: v for k, v in asdict(ms).items() if not (k == "init_from" and v is None)}  # older caches stay valid
+    msd = {k: v for k, v in ms.to_dict().items() if not (k == "init_from" and v is None)}  # older caches stay valid
     h = hashlib.sha1(json.dumps([dom.paths[i] for i in idx] + [msd, stain, views, part,
                                 (prep.stain.to_dict() if stain else None)], default=str).encode()).hexdigest()[:12]
     cache = cache_dir / f"maps_{dom.name}_{part}_{h}.pt"
@@ -111,8 +113,9 @@ def _maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSetting
 
 
 # ------------------------------------------------------------------------------------------------- run
-@dataclass
-class RunSettings:
+class RunSettings(StrictConfig):
+    """The `train:` section of a domains / DANN config: how each run trains its top blocks."""
+
     epochs: int = 15
     batch_size: int = 32
     lr: float = 3e-4
@@ -121,7 +124,7 @@ class RunSettings:
     dropout: float = 0.2
     pretrained: bool = True
     seed: int = 0
-    dann: dict = field(default_factory=dict)  # DANNObjective options (lambda_schedule, gamma, max_lambda, ...)
+    dann: dict = {}  # DANNObjective options (lambda_schedule, gamma, max_lambda, ...)
     select_best_supervised: bool = True  # supervised runs keep the best source-val epoch; DANN runs the last
     freeze_bn: bool = False  # keep the trainable blocks' BatchNorm statistics as pretrained
 
@@ -133,10 +136,10 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     `device`: where the model trains ("cpu", "cuda", "auto"); crops and cached maps stay on the CPU.
     """
     out = out_dir / run.id
-    settings = {"run": asdict(run), "maps": asdict(ms), "train": asdict(rs), "classes": prep.classes}
+    settings = {"run": asdict(run), "maps": ms.to_dict(), "train": rs.to_dict(), "classes": prep.classes}
     done = out / "result.json"
     if done.is_file():
-        prev = json.loads(done.read_text())
+        prev = read_json(done)
         if prev.get("settings") == json.loads(json.dumps(settings)):
             log.info("run %s: done already (%s)", run.id, done)
             return prev
@@ -250,11 +253,11 @@ def run_card(info, run: RunSpec, prep: Prepared, metrics: dict, history: list[di
                    "training crops (gradient reversal, domain classifier; target labels never used)"}[run.objective]
     counts = "; ".join(f"{names[k]} " + "/".join(str(len(prep.splits[k][p])) for p in ("train", "val", "test"))
                        for k in prep.crops)
-    lines = [f"# {info.name}", "",
-             f"WBC classifier over {len(info.classes)} classes ({', '.join(info.classes)}): `{info.backbone}` "
-             f"(ImageNet) -> global average pooling -> Dense({info.hidden}) -> softmax. Trained {how}"
-             f"{', every crop Reinhard-normalised to ' + names[t.get('stain_reference', 'A')] if run.stain else ''}.", "",
-             "## Input", "",
+    lines = card_header(info.name, f"WBC classifier over {len(info.classes)} classes ({', '.join(info.classes)}): "
+                        f"`{info.backbone}` (ImageNet) -> global average pooling -> Dense({info.hidden}) -> softmax. "
+                        f"Trained {how}"
+                        f"{', every crop Reinhard-normalised to ' + names[t.get('stain_reference', 'A')] if run.stain else ''}.")
+    lines += ["## Input", "",
              f"A single-WBC crop, square, resized to {info.input_size} px (PBC: the whole 224 px image; LISC: "
              + (f"a {prep.specs.get('B', {}).get('crop_side', 160)} px square around the WBC of a 720x576 field"
                 if prep.specs.get('B', {}).get('crops', 'locate') == 'locate' else
@@ -272,12 +275,10 @@ def run_card(info, run: RunSpec, prep: Prepared, metrics: dict, history: list[di
              f"{metrics['train_seconds']} s on {t.get('device', 'cpu')}.",
              f"- DANN options: {t['train'].get('dann') or 'defaults'} (lambda = 2/(1+exp(-10 p)) - 1 by default)."
              if run.objective == "dann" else "- Epoch kept: best source validation macro F1.",
-             f"- Command: `{command or 'bloodsmear bench domains configs/domains/<pair>.yaml'}`", "",
+             command_line(command or "bloodsmear bench domains configs/domains/<pair>.yaml"), "",
              "## Test metrics per domain (held-out test splits, never seen in training)", ""]
     for key, rep in metrics["test_by_domain"].items():
-        r = ClassificationReport.from_dict(rep)
-        lines += [f"### {names[key]}", "", f"Macro P {r.macro_precision:.4f}, R {r.macro_recall:.4f}, "
-                  f"**F1 {r.macro_f1:.4f}**, accuracy {r.accuracy:.4f} (n = {r.n}).", "", report_markdown(r)]
+        lines += metrics_section(rep, title=names[key], level=3, what="test crops")
     if history:
         keys = [k for k in ("train_loss", "train_label_loss", "train_domain_loss", "train_domain_acc", "train_lambda",
                             "train_accuracy", "val_accuracy", "val_f1") if any(k in h for h in history)]

@@ -25,21 +25,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bloodsmear.experiments.domain_runs import MapSettings, RunSettings, prepare_domains, train_run
+from bloodsmear.experiments.domain_runs import prepare_domains, train_run
 from bloodsmear.experiments.domain_tables import domain_names, mean_rows, table_rows, write_tables
 from bloodsmear.experiments.domains_config import (
     DomainsConfig,
     DomainsResult,
     domains_cache_dir,
-    load_domains_config,
     resolve_classes,
     run_spec,
 )
@@ -47,7 +44,6 @@ from bloodsmear.experiments.rescore import rescore_domains
 from bloodsmear.io import write_json_atomic
 from bloodsmear.metrics.classification import ClassificationReport
 from bloodsmear.metrics.plots import plot_confusion, plot_dann_curves
-from bloodsmear.training.trainer import register_train_kind
 from bloodsmear.viz.tsne import tsne_plot
 
 log = logging.getLogger(__name__)
@@ -64,14 +60,14 @@ def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | 
     need_stain = any(r.stain for r in runs)
     prep = prepare_domains(cfg.domains, classes, scheme=cfg.scheme, split_seed=cfg.split_seed, size=cfg.image_size,
                            cache_dir=cache, stain_reference=cfg.stain_reference if need_stain else None)
-    ms, rs = MapSettings(**cfg.maps), RunSettings(**cfg.train)
+    ms, rs = cfg.maps, cfg.train
 
     write_json_atomic(out / "domains_config.json", cfg.to_dict())
     write_json_atomic(out / "splits.json", prep.manifests, indent=1)
     names = domain_names({k: c.name for k, c in prep.crops.items()})
     rows, first = [], None
     for seed in (cfg.seeds or [rs.seed]):
-        rs_seed = replace(rs, seed=int(seed))
+        rs_seed = rs.model_copy(update={"seed": int(seed)})
         run_dir = out / "runs" if not cfg.seeds else out / "runs" / f"seed{seed}"
         results = {}
         for r in runs:
@@ -129,19 +125,6 @@ def figures(results: dict[str, dict], out: Path, names: dict[str, str], classes:
                 stamp.write_text(key)
             files.append(str(dest))
     return files
-
-
-def _register_train_kind() -> None:
-    """`bloodsmear train configs/domains/x.yaml` (kind: domains) runs the whole experiment set."""
-    @register_train_kind("domains")
-    def _run(path, overrides=None, *, restart: bool = False, progress: bool = True):
-        if restart:
-            shutil.rmtree(Path(load_domains_config(path, overrides).out_dir) / "runs", ignore_errors=True)
-        return run_domains(load_domains_config(path, overrides), progress=progress)
-
-
-_register_train_kind()
-
 
 
 __all__ = ["run_domains", "figures"]

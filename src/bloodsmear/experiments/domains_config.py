@@ -1,20 +1,23 @@
 """The cross-domain experiment's config (`kind: domains`): domains, runs, splits, training settings.
 
     cfg = load_domains_config("configs/domains/pbc_lisc.yaml", {"train": {"epochs": 2}})
+    cfg.train.epochs, cfg.maps.backbone     # typed sections (`domain_runs.RunSettings` / `MapSettings`)
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from pydantic import field_validator
+
 from bloodsmear.classes import LISC_CLASSES, PBC_CLASSES, canonical, common_between
-from bloodsmear.config import _from_dict, load_config_dict, merge
-from bloodsmear.errors import InputError
+from bloodsmear.config import StrictConfig, load_config
+from bloodsmear.experiments.domain_data import DOMAINS, DomainSpec
 from bloodsmear.experiments.domain_runs import MapSettings, RunSettings, RunSpec
 from bloodsmear.inference.tta import check_tta
+from bloodsmear.settings import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -23,50 +26,61 @@ STANDARD_RUNS = ("src_A", "src_B", "mix", "dann_A_B", "dann_B_A", "stain_A", "st
 METRICS = ("macro_precision", "macro_recall", "macro_f1", "accuracy")
 
 
-@dataclass
-class DomainsConfig:
+class DomainsConfig(StrictConfig):
     name: str = "pbc_lisc"
-    domains: dict = field(default_factory=lambda: {"A": {"name": "pbc", "max_per_class": 300},
-                                                   "B": {"name": "lisc"}})
+    domains: dict[str, dict] = {"A": {"name": "pbc", "max_per_class": 300}, "B": {"name": "lisc"}}
     classes: list[str] | None = None  # None -> classes common to both domains' vocabularies
     image_size: int = 96
     scheme: str = "64-16-20"
     split_seed: int = 42
-    runs: list[str] = field(default_factory=lambda: list(STANDARD_RUNS))
-    maps: dict = field(default_factory=dict)  # MapSettings: backbone, train_from, views, augment, aug_seed
-    train: dict = field(default_factory=dict)  # RunSettings: epochs, batch_size, lr, dann {...}, ...
+    runs: list[str] = list(STANDARD_RUNS)
+    maps: MapSettings = MapSettings()  # backbone, train_from, views, augment, aug_seed, init_from
+    train: RunSettings = RunSettings()  # epochs, batch_size, lr, dann {...}, ...
     stain_reference: str = "A"  # the domain whose stain statistics the stain runs normalise to
     tsne_max_per_domain: int = 300
     threads: int = 1
     device: str = "cpu"  # where runs train: cpu | cuda | auto (crops and cached maps stay on the CPU)
     seeds: list[int] | None = None  # repeat every run with these training seeds (runs/seed<k>/); tables add mean/sd
-    eval_tta: list[str] = field(default_factory=list)  # also score the runs with these test-time augmentations
-    #                                                    (none | flip | d8) -> out_dir/tta_<mode>/ tables
+    eval_tta: list[str] = []  # also score the runs with these test-time augmentations
+    #                           (none | flip | d8) -> out_dir/tta_<mode>/ tables
     out_dir: str = "runs/domains/pbc_lisc"
     cache_dir: str | None = None  # None -> ~/.cache/bloodsmear/domains
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @field_validator("domains")
+    @classmethod
+    def _known_domain_keys(cls, domains: dict[str, dict]) -> dict[str, dict]:
+        for key, d in domains.items():
+            check_domain(d, f"domains.{key}")
+        return domains
 
+    @field_validator("runs")
+    @classmethod
+    def _known_runs(cls, runs: list[str]) -> list[str]:
+        for r in runs:
+            run_spec(r)
+        return runs
 
-def load_typed_config(cls: type, path: str | Path, overrides: dict | None = None):
-    """A config file (YAML/JSON, optional `kind:` tag) as dataclass `cls`; unknown keys are an error."""
-    d = load_config_dict(path)
-    d.pop("kind", None)
-    return _from_dict(cls, merge(d, overrides) if overrides else d, path, "")
-
-
-def load_domains_config(path: str | Path, overrides: dict | None = None) -> DomainsConfig:
-    cfg = load_typed_config(DomainsConfig, path, overrides)
-    MapSettings(**cfg.maps), RunSettings(**cfg.train)  # unknown keys fail here, naming them
-    for r in cfg.runs:
-        run_spec(r)
-    for mode in cfg.eval_tta:
-        try:
+    @field_validator("eval_tta")
+    @classmethod
+    def _known_tta(cls, modes: list[str]) -> list[str]:
+        for mode in modes:
             check_tta(mode)
-        except ValueError as e:
-            raise InputError(path, f"eval_tta: {e}") from None
-    return cfg
+        return modes
+
+
+def check_domain(d: dict, where: str) -> None:
+    """ValueError naming the dotted key unless `d` is a mapping of `DomainSpec` settings with a name."""
+    known = [f.name for f in fields(DomainSpec)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key '{where}.{unknown[0]}' (valid: {', '.join(sorted(known))})")
+    if "name" not in d:
+        raise ValueError(f"{where} needs a name ({', '.join(DOMAINS)})")
+
+
+def load_domains_config(path: str | Path, overrides: dict | list[str] | None = None) -> DomainsConfig:
+    """A `kind: domains` config file; `overrides` (nested dict or `["train.epochs=2"]`) win."""
+    return load_config(DomainsConfig, path, overrides)
 
 
 def run_spec(rid: str) -> RunSpec:
@@ -107,9 +121,7 @@ class DomainsResult:
 
 def domains_cache_dir(cfg: DomainsConfig) -> Path:
     """Where crops and cached maps live: `cache_dir`, else $BLOODSMEAR_CACHE (default ~/.cache/bloodsmear)/domains."""
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    return Path(os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "domains"
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_dir("domains")
 
 
 __all__ = ["DomainsConfig", "DomainsResult", "STANDARD_RUNS", "METRICS", "load_domains_config", "run_spec",

@@ -21,19 +21,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
+from pydantic import field_validator, model_validator
 
-from bloodsmear.config import TrainConfig, merge
+from bloodsmear.config import StrictConfig, TrainConfig, load_config, merge, validate_config
 from bloodsmear.data import load_dataset
+from bloodsmear.data.splits import per_class_sample
 from bloodsmear.errors import InputError
-from bloodsmear.io import list_images, read_image, write_image_atomic, write_json_atomic, write_text_atomic
+from bloodsmear.io import list_images, read_image, read_json, write_image_atomic, write_json_atomic, write_text_atomic
 from bloodsmear.outputs.tables import markdown_table, write_csv
 from bloodsmear.preprocess.cells import crop_dataset_cells
 from bloodsmear.preprocess.crop import crop, crop_box
@@ -47,15 +47,13 @@ DATASET_KINDS = ("folder", "cpbc", "cells")
 METRIC_COLUMNS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 
 
-@dataclass
-class GridBackbone:
+class GridBackbone(StrictConfig):
     name: str
     pretrained: bool = False
     image_size: int | None = None  # overrides the grid's image_size (e.g. a ViT fixed at 224)
 
 
-@dataclass
-class GridDataset:
+class GridDataset(StrictConfig):
     name: str  # the table's label: "PBC", "C-PBC", "BCCD-WBC"
     source: str  # a folder; relative paths are taken below the data root (BLOODSMEAR_DATA)
     kind: str = "folder"
@@ -66,17 +64,23 @@ class GridDataset:
     classes: list[str] | None = None  # keep only these canonical classes
     margin: float = 0.15  # cells: box margin (fraction of the box side)
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in DATASET_KINDS:
+            raise ValueError(f"unknown kind {kind!r} (valid: {', '.join(DATASET_KINDS)})")
+        return kind
+
     def source_path(self) -> Path:
         p = Path(self.source).expanduser()
         return p if p.is_absolute() else data_root() / p
 
 
-@dataclass
-class GridConfig:
+class GridConfig(StrictConfig):
     name: str
-    backbones: list[GridBackbone]
+    backbones: list[GridBackbone]  # entries: a mapping, or just the backbone's name
     datasets: list[GridDataset]
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    modes: list[str] = list(MODES)
     per_class: int | None = None  # None = every image
     image_size: int = 224
     epochs: int = 10
@@ -87,7 +91,27 @@ class GridConfig:
     threads: int = 2
     out: str = ""  # default runs/grid/<name>
     cache: str = ""  # default <out>/cache
-    train: dict = field(default_factory=dict)  # extra TrainConfig fields, passed through
+    train: dict = {}  # extra TrainConfig fields, passed through (checked against TrainConfig on load)
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _names_are_backbones(cls, v: Any) -> Any:
+        return [{"name": str(b)} if isinstance(b, str) else b for b in v] if isinstance(v, list) else v
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, modes: list[str]) -> list[str]:
+        bad = [m for m in modes if m not in MODES]
+        if bad:
+            raise ValueError(f"unknown mode(s) {bad} (valid: {', '.join(MODES)})")
+        return modes
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "GridConfig":
+        for what, names in (("dataset", [x.name for x in self.datasets]), ("backbone", [x.name for x in self.backbones])):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} names must be unique: {names}")
+        return self
 
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/grid/{self.name}")
@@ -139,41 +163,26 @@ class GridResult:
     csv_path: Path
     md_path: Path
 
+    def to_dict(self) -> dict:
+        return {"name": self.config.name, "rows": len(self.rows), "skipped": self.skipped,
+                "csv": str(self.csv_path), "md": str(self.md_path)}
+
 
 # ---------------------------------------------------------------- config
 
 
 def grid_config_from_dict(d: dict, *, where: str = "<dict>") -> GridConfig:
-    d = dict(d)
-    try:
-        bbs = [GridBackbone(**b) if isinstance(b, dict) else GridBackbone(name=str(b)) for b in d.pop("backbones")]
-        dss = [GridDataset(**x) for x in d.pop("datasets")]
-        cfg = GridConfig(backbones=bbs, datasets=dss, **d)
-    except (KeyError, TypeError) as e:
-        raise InputError(where, f"bad grid config: {e}") from e
-    bad = [m for m in cfg.modes if m not in MODES]
-    if bad:
-        raise InputError(where, f"unknown mode(s) {bad} (valid: {', '.join(MODES)})")
-    for ds in cfg.datasets:
-        if ds.kind not in DATASET_KINDS:
-            raise InputError(where, f"dataset {ds.name!r}: unknown kind {ds.kind!r} (valid: {', '.join(DATASET_KINDS)})")
-    for what, names in (("dataset", [x.name for x in cfg.datasets]), ("backbone", [x.name for x in cfg.backbones])):
-        if len(set(names)) != len(names):
-            raise InputError(where, f"{what} names must be unique: {names}")
+    """Validate a grid config mapping (its `train:` pass-through against `TrainConfig` too)."""
+    cfg = validate_config(GridConfig, d, where)
+    validate_config(TrainConfig, cfg.train, where, prefix="train.")
     return cfg
 
 
-def load_grid_config(path: str | Path) -> GridConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such grid config")
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise InputError(path, f"not valid YAML: {e}") from e
-    if not isinstance(d, dict):
-        raise InputError(path, "a grid config is a mapping")
-    return grid_config_from_dict(d, where=str(path))
+def load_grid_config(path: str | Path, overrides: dict | list[str] | None = None) -> GridConfig:
+    """A grid config file (YAML/JSON, optional `kind: grid` tag); `overrides` win."""
+    cfg = load_config(GridConfig, path, overrides)
+    validate_config(TrainConfig, cfg.train, path, prefix="train.")
+    return cfg
 
 
 def grid_rows(cfg: GridConfig) -> list[GridRow]:
@@ -213,12 +222,11 @@ def _hash(obj: Any) -> str:
 
 def select_subset(paths_by_class: dict[str, list[Path]], per_class: int | None, seed: int) -> dict[str, list[Path]]:
     """A seeded sample of at most `per_class` paths per class (sorted input → reproducible)."""
-    out = {}
-    for label in sorted(paths_by_class):
-        ps = sorted(paths_by_class[label])
-        if per_class is not None and len(ps) > per_class:
-            ps = sorted(random.Random(f"{seed}:{label}").sample(ps, per_class))
-        out[label] = ps
+    flat = [(label, p) for label in sorted(paths_by_class) for p in sorted(paths_by_class[label])]
+    keep = per_class_sample([label for label, _ in flat], per_class, seed, stream="per-label")
+    out: dict[str, list[Path]] = {label: [] for label in sorted(paths_by_class)}
+    for i in keep:
+        out[flat[i][0]].append(flat[i][1])
     return out
 
 
@@ -239,11 +247,11 @@ def prepare_dataset(ds: GridDataset, *, per_class: int | None, seed: int, cache:
     src = ds.source_path()
     if not src.exists():
         raise InputError(src, f"dataset {ds.name!r}: source not found")
-    key = _hash([asdict(ds), str(src.resolve()), per_class, seed])
+    key = _hash([ds.to_dict(), str(src.resolve()), per_class, seed])
     dest = cache / f"{ds.name.replace('/', '_')}-{key}"
     done = dest / ".done.json"
     if done.is_file():
-        return dest, json.loads(done.read_text())["counts"]
+        return dest, read_json(done)["counts"]
     if ds.kind == "cells":
         by_class = export_cell_crops(load_dataset(src, ds.format), dest.with_name(dest.name + "-all"), margin=ds.margin)
     else:
@@ -274,7 +282,7 @@ def prepare_dataset(ds: GridDataset, *, per_class: int | None, seed: int, cache:
         counts[label] = n
     if skipped:
         log.warning("%s: %d image(s) skipped", ds.name, skipped)
-    write_json_atomic(done, {"dataset": asdict(ds), "counts": counts, "skipped": skipped})
+    write_json_atomic(done, {"dataset": ds.to_dict(), "counts": counts, "skipped": skipped})
     log.info("prepared %s at %s: %s", ds.name, dest, counts)
     return dest, counts
 
@@ -326,7 +334,7 @@ def train_row(cfg: GridConfig, row: GridRow, data_dir: Path, run_dir: Path, *, r
     tr = train(row_train_config(cfg, row, data_dir, run_dir), restart=restart, progress=False, write_card=False)
     if tr.test is None:
         raise InputError(data_dir, "the split left no test images: raise per_class")
-    n = json.loads((Path(run_dir) / "result.json").read_text())
+    n = read_json(Path(run_dir) / "result.json")
     return RowResult(row=row, settings={}, metrics=tr.test.headline(), train_time_s=tr.train_seconds,
                      n_train=n.get("n_train", 0), n_val=n.get("n_val", 0), n_test=n.get("n_test", 0),
                      epochs_run=tr.epochs_run, run_dir=str(run_dir))
@@ -347,7 +355,7 @@ def run_grid(
     runner = runner or train_row
     out = cfg.out_dir()
     (out / "rows").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "grid_config.json", asdict(cfg))
+    write_json_atomic(out / "grid_config.json", cfg.to_dict())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prepared: dict[str, tuple[Path, dict[str, int]]] = {}
@@ -361,7 +369,7 @@ def run_grid(
             continue
         restart = rerun
         if rec.is_file() and not rerun:
-            old = json.loads(rec.read_text())
+            old = read_json(rec)
             if old.get("settings_hash") == h:
                 log.info("[%d/%d] %s: done before, skipped", i, len(rows), row.id)
                 skipped.append(f"{row.id}: done before")
@@ -398,7 +406,7 @@ def collect_results(cfg: GridConfig) -> list[RowResult]:
     for row in grid_rows(cfg):
         rec = cfg.out_dir() / "rows" / f"{row.id}.json"
         if rec.is_file():
-            r = RowResult.from_dict(json.loads(rec.read_text()))
+            r = RowResult.from_dict(read_json(rec))
             if r.settings_hash == _hash(row_settings(cfg, row)):
                 out.append(r)
     return out

@@ -14,7 +14,6 @@ the tables say how many seeds every mean row holds.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from bloodsmear.experiments.domains_config import (
 )
 from bloodsmear.inference.classify import CellClassifier
 from bloodsmear.inference.tta import check_tta
-from bloodsmear.io import write_json_atomic
+from bloodsmear.io import read_json, write_json_atomic
 from bloodsmear.metrics.classification import classification_report_arrays
 from bloodsmear.preprocess.color import ReinhardNormalizer
 
@@ -87,7 +86,7 @@ def rescore_domains(cfg: DomainsConfig, tta: str = "d8", *, only: list[str] | No
     if not sp.is_file():
         raise InputError(sp, "no split manifests: train the experiment first (bloodsmear bench domains CONFIG)")
     classes = resolve_classes(cfg)
-    tests, names, stain = _test_crops(cfg, classes, json.loads(sp.read_text()))
+    tests, names, stain = _test_crops(cfg, classes, read_json(sp))
     rows, missing = [], []
     for seed in (cfg.seeds or [None]):
         run_dir = out / "runs" if seed is None else out / "runs" / f"seed{seed}"
@@ -99,7 +98,7 @@ def rescore_domains(cfg: DomainsConfig, tta: str = "d8", *, only: list[str] | No
             if not any(model_dir.glob("*.safetensors")):
                 missing.append(f"{rid} (seed {seed})" if seed is not None else rid)
                 continue
-            prev = json.loads((run_dir / rid / "result.json").read_text()) if (run_dir / rid / "result.json").is_file() else {}
+            prev = read_json(run_dir / rid / "result.json") if (run_dir / rid / "result.json").is_file() else {}
             test = score_run(model_dir, tests, classes, tta=tta, stain=stain if run_spec(rid).stain else None)
             results[rid] = {"test": test, "epochs_run": prev.get("epochs_run", ""),
                             "train_seconds": prev.get("train_seconds", "")}

@@ -9,10 +9,14 @@ Output folder layout:
     skipped.csv       images that could not be analysed, and why (only when there are any)
     overlays/<name>.png
     _per_image/<name>.json   one paper record per analysed image: the resume state
+    _run.json         the identity of the run the records belong to (`run_identity`)
 
 Every file is written atomically. An image counts as done when its per-image record exists (its
 overlay is written first); a re-run skips done images, removes temp files a killed run left behind,
-and rebuilds the aggregate files from the per-image records of all the inputs.
+and rebuilds the aggregate files from the per-image records of all the inputs. A re-run with another
+pipeline, other models or another scale setting is refused (`RunMismatchError`) unless it asks to
+start over (`fresh=True`, `analyze --fresh`): its records would be mixed with the old ones.
+The inputs and `out_dir` are checked before anything is written.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -34,15 +39,27 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bloodsmear import __version__
 from bloodsmear.errors import BloodsmearError, InputError
-from bloodsmear.inference.pipeline import CROP_SOURCE
+from bloodsmear.inference.pipeline import Detection
+from bloodsmear.inference.pipeline_config import parse_scale, scale_mode
 from bloodsmear.inference.scale_plan import plan_for
-from bloodsmear.io import list_images, read_image, write_json_atomic, write_text_atomic
+from bloodsmear.io import (
+    IMAGE_SUFFIXES,
+    _json_default,
+    list_images,
+    read_image,
+    write_json_atomic,
+    write_text_atomic,
+)
+from bloodsmear.models.folder import DEFAULTS, file_sha256, read_folder_config, resolve_model
 from bloodsmear.outputs.coco import write_coco_results
 from bloodsmear.outputs.counts import write_counts_csv
 from bloodsmear.outputs.cvat import write_cvat_xml
 from bloodsmear.outputs.overlay import write_overlay
 from bloodsmear.outputs.paper_json import (
+    FORMAT,
+    VERSION,
     image_record,
     record_to_result,
     results_document,
@@ -59,6 +76,15 @@ BATCH_IMAGES = 8  # images per worker batch: their cells go through the classifi
 GROUP_PIXELS = 16_000_000  # ... with at most this many decoded pixels (one 12 MP photo at a time)
 VALIDATE_SAMPLE = 20  # per-image records checked against the JSON Schema when results.json is rebuilt
 AGGREGATES = ("results.json", "coco.json", "annotations.xml", "counts.csv")
+RUN_FILE = "_run.json"  # the identity of the run whose per-image records the folder holds
+MAX_DEFAULT_WORKERS = 3
+WORKERS_HELP = (f"Images analysed at once (worker threads; default: one more than the CPU cores, at most "
+                f"{MAX_DEFAULT_WORKERS}).")
+
+
+class RunMismatchError(BloodsmearError):
+    """An output folder that holds the results of another run (another pipeline, other models, another
+    scale setting): resuming into it would put its old records under the new run's header."""
 
 
 @dataclass
@@ -145,7 +171,7 @@ def clean_temp_files(out_dir: Path) -> int:
 def _load_record(path: Path) -> dict | None:
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
-        return rec if isinstance(rec, dict) and "cells" in rec else None
+        return rec if isinstance(rec, dict) and "masks" in rec else None
     except (OSError, ValueError):
         return None
 
@@ -186,7 +212,7 @@ def _analyse_group(jobs: Sequence[ImageJob], out_dir: Path, pipeline, scale, ove
 def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipeline, scale, overlays: bool,
                    scales: dict) -> list[tuple[ImageJob, str | None]]:
     out: list[tuple[ImageJob, str | None]] = []
-    todo: list[tuple[ImageJob, np.ndarray, SlideResult]] = []
+    todo: list[tuple[ImageJob, np.ndarray, Detection]] = []
     for job, rgb in ready:  # detection per image: a bad image is skipped alone
         try:
             todo.append((job, rgb, pipeline.detect(rgb, scale=scales.get(job.path, scale), name=job.name,
@@ -195,12 +221,13 @@ def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipe
             out.append((job, _reason(job, e)))
     try:
         t0 = time.perf_counter()
-        pipeline.classify_many([(r.meta.pop(CROP_SOURCE, rgb), r.cells, r.rbc_diameter_px) for _, rgb, r in todo])
+        pipeline.classify_many([(d.crop_source, d.cells, d.rbc_diameter_px) for _, _, d in todo])
         share = (time.perf_counter() - t0) / max(1, len(todo))
     except Exception as e:  # noqa: BLE001
         return out + [(job, _reason(job, e)) for job, _, _ in todo]
-    for job, rgb, result in todo:
-        result.timings["classify"] = share
+    for job, rgb, det in todo:
+        det.timings["classify"] = share
+        result = det.to_result()
         if overlays:  # the overlay first: the per-image record marks the image done
             write_overlay(overlay_path(out_dir, result.name), rgb, result)
         write_json_atomic(record_path(out_dir, result.name), image_record(result), indent=None)
@@ -217,7 +244,7 @@ def _reason(job: ImageJob, e: Exception) -> str:
 def default_workers() -> int:
     """Worker threads: one more than the CPU cores, at most 3 (each stage is small; threads overlap
     decoding, scale estimation, the networks and PNG encoding, which all release the GIL)."""
-    return max(1, min(3, (os.cpu_count() or 1) + 1))
+    return max(1, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) + 1))
 
 
 @contextmanager
@@ -237,16 +264,28 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scale: str | float | None = None,
             overlays: bool = True, progress: bool = True, workers: int | None = None,
-            batch_images: int = BATCH_IMAGES) -> BatchSummary:
+            batch_images: int = BATCH_IMAGES, fresh: bool = False) -> BatchSummary:
     """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`:
     `workers` threads (default: `default_workers()`), each taking `batch_images` images at a time
     (their cells classified in one batch). `scale`: a mode ("auto", "field", "folder"; None = the
     pipeline config's) or a red-cell diameter in pixels; with "auto" and "folder" every input's red
-    cells are measured first and pooled per folder (`inference.scale_plan`)."""
+    cells are measured first and pooled per folder (`inference.scale_plan`).
+
+    Resumes the run `out_dir` holds when it is the same run (`run_identity`), else `RunMismatchError`;
+    `fresh`: remove what an earlier run wrote there and start over. `InputError`, before anything is
+    written, for an input that does not exist, inputs without any image, an `out_dir` that is a file."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
+    jobs = check_inputs(inputs, out_dir)
+    identity = run_identity(pipeline, scale)
+    if fresh:
+        n_removed = remove_run(out_dir)
+        if n_removed:
+            log.info("--fresh: removed %d file(s) of the earlier run in %s", n_removed, out_dir)
+    else:
+        check_run(out_dir, identity)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = collect_images(inputs)
+    write_json_atomic(out_dir / RUN_FILE, {"format": FORMAT, "version": VERSION, "identity": identity})
     n_tmp = clean_temp_files(out_dir)
     if n_tmp:
         log.info("removed %d temp file(s) left by an interrupted run", n_tmp)
@@ -262,7 +301,7 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     bar = tqdm(total=len(todo), unit="img", desc="analyze", disable=not progress or None)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="analyze")
     try:
-        with _torch_threads(threads), logging_redirect_tqdm():
+        with _torch_threads(threads), _log_above_bars():
             scales = _plan(jobs, pipeline, scale, pool, progress) if todo else {}
             queue = iter(groups)
             running: set[Future] = set()
@@ -288,7 +327,8 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
         bar.close()
     summary.skipped.sort()
     summary.n_skipped = len(summary.skipped)
-    results = rebuild_aggregates(out_dir, jobs, pipeline, summary)
+    results = rebuild_aggregates(out_dir, jobs, pipeline, summary,
+                                 run={"identity": identity, "bloodsmear_version": __version__})
     summary.n_cells = sum(len(r.cells) for r in results)
     for r in results:
         for k, v in r.class_counts().items():
@@ -297,6 +337,135 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     if summary.n_skipped:
         log.warning("%d image(s) skipped (listed in %s)", summary.n_skipped, out_dir / "skipped.csv")
     return summary
+
+
+def check_inputs(inputs: Sequence[str | Path], out_dir: str | Path) -> list[ImageJob]:
+    """The image jobs of `inputs` (`collect_images`, less any file inside `out_dir`), checked before
+    anything is written: `InputError` for an input that does not exist, inputs without any image, an
+    `out_dir` that exists and is not a folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "exists and is not a folder (the output folder must be a folder)")
+    jobs = _without(collect_images(inputs), out_dir)
+    if not jobs:
+        where = str(inputs[0]) if len(inputs) == 1 else None
+        kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
+        raise InputError(where, f"no images found (looked for {kinds})"
+                                + ("" if where else f" in {', '.join(str(i) for i in inputs) or 'no inputs'}"))
+    return jobs
+
+
+def _without(jobs: list[ImageJob], out_dir: Path) -> list[ImageJob]:
+    """`jobs` less the files inside `out_dir` (an output folder inside an input folder: its overlays are
+    no inputs)."""
+    out = out_dir.resolve()
+    return [j for j in jobs if out not in j.path.resolve().parents]
+
+
+_checksums: dict[tuple, str | None] = {}
+
+
+def _sha256(path: Path) -> str | None:
+    """`file_sha256`, remembered per (path, size, mtime)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _checksums:
+        _checksums[key] = file_sha256(path)
+    return _checksums[key]
+
+
+def _model_checksums(stage: str, ref: str, base_dir: str | None) -> dict | None:
+    """sha256 of a stage's model folder files (weights, config.json); None where `ref` names no folder
+    (e.g. "none": a segmenter-only pipeline's screening stage, or a test's fake)."""
+    if stage == "segmenter" and str(ref) == "default":
+        ref = DEFAULTS["segmenter"]
+    try:
+        folder = resolve_model(ref, base_dir=base_dir)
+        weights = str(read_folder_config(folder).get("weights") or "weights.pt")
+    except BloodsmearError:
+        return None
+    return {"weights": _sha256(folder / weights), "config": _sha256(folder / "config.json")}
+
+
+def run_identity(pipeline, scale: str | float | None = None) -> dict:
+    """What a run's per-image records depend on: the pipeline's description (its config: stages, routing,
+    thresholds, crops, TTA; not its name or folder), the checksums of its model folders, and the scale
+    setting (`scale`, None: the config's). JSON-normalised (it is compared with the one read back)."""
+    cfg = getattr(pipeline, "config", None)
+    desc = dict(pipeline.describe()) if hasattr(pipeline, "describe") else {"class": type(pipeline).__name__}
+    for k in ("name", "base_dir"):
+        desc.pop(k, None)
+    models = {stage: _model_checksums(stage, ref, getattr(cfg, "base_dir", None))
+              for stage in ("segmenter", "screening", "refine") if (ref := getattr(cfg, stage, None))}
+    value = getattr(cfg, "scale", "auto") if scale is None else scale
+    mode = scale_mode(value)
+    ident = {"pipeline": desc, "models": models, "scale": mode if mode is not None else parse_scale(value, "scale")}
+    return json.loads(json.dumps(ident, default=_json_default, sort_keys=True))
+
+
+def _differences(old: object, new: object, where: str = "") -> list[str]:
+    """The paths where two JSON values differ ("pipeline.refine", "models.segmenter.weights", ...)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))]
+    return [] if old == new else [where or "(all)"]
+
+
+def check_run(out_dir: Path, identity: dict) -> None:
+    """`RunMismatchError` unless `out_dir` is new, holds no results yet, or holds those of this run."""
+    run_file = out_dir / RUN_FILE
+    if not out_dir.is_dir():
+        return
+    hint = "start over with --fresh, or choose another --out"
+    if not run_file.is_file():
+        if any((out_dir / PER_IMAGE_DIR).rglob("*.json")):
+            raise RunMismatchError(f"{out_dir}: holds results of an unknown run (no {RUN_FILE}, written by an "
+                                   f"older bloodsmear): {hint}")
+        return
+    try:
+        old = json.loads(run_file.read_text(encoding="utf-8")).get("identity")
+    except (OSError, ValueError, AttributeError):
+        old = None
+    if old is None:
+        raise RunMismatchError(f"{run_file}: unreadable record of the earlier run: {hint}")
+    diff = _differences(old, identity)
+    if diff:
+        shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+        raise RunMismatchError(f"{out_dir}: holds results of another run (differs in {shown}): {hint}")
+
+
+def remove_run(out_dir: Path) -> int:
+    """Remove what a run wrote into `out_dir` (per-image records, overlays, aggregate files, skipped.csv,
+    the run record); other files are left. The number of files removed."""
+    n = 0
+    for d in (PER_IMAGE_DIR, OVERLAY_DIR):
+        if (out_dir / d).is_dir():
+            n += sum(1 for p in (out_dir / d).rglob("*") if p.is_file())
+            shutil.rmtree(out_dir / d)
+    for f in (*AGGREGATES, "skipped.csv", RUN_FILE):
+        if (out_dir / f).is_file():
+            (out_dir / f).unlink()
+            n += 1
+    return n
+
+
+def _is_console_handler(h: logging.Handler) -> bool:
+    return isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+
+
+@contextmanager
+def _log_above_bars() -> Iterator[None]:
+    """While the progress bars run, a plain console handler of the root logger writes through tqdm
+    (above the bars). The CLI's one handler (`cli.common.TqdmHandler`) does so already: left as it is,
+    and no second handler is added (every line once)."""
+    if any(_is_console_handler(h) for h in logging.root.handlers):
+        with logging_redirect_tqdm():
+            yield
+    else:
+        yield
 
 
 def _plan(jobs: Sequence[ImageJob], pipeline, scale, pool: ThreadPoolExecutor, progress: bool) -> dict:
@@ -308,9 +477,11 @@ def _plan(jobs: Sequence[ImageJob], pipeline, scale, pool: ThreadPoolExecutor, p
     return plan_for(pipeline, [j.path for j in jobs], scale, map_fn=measure_all)
 
 
-def rebuild_aggregates(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summary: BatchSummary) -> list[SlideResult]:
+def rebuild_aggregates(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summary: BatchSummary, *,
+                       run: dict | None = None) -> list[SlideResult]:
     """Write results.json, coco.json, annotations.xml and counts.csv from the per-image records of `jobs`
-    (in input order), plus skipped.csv; every file atomically."""
+    (in input order), plus skipped.csv; every file atomically. `run`: more metadata for results.json's
+    "run" (beside the pipeline's description)."""
     records = []
     for j in jobs:
         rec = _load_record(record_path(out_dir, j.name))
@@ -320,8 +491,8 @@ def rebuild_aggregates(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summar
     classes = list(getattr(pipeline, "classes", []))
     describe = pipeline.describe() if hasattr(pipeline, "describe") else None
     # records come from `image_record`; checking a sample against the schema keeps big runs fast
-    validate(results_document(records[:VALIDATE_SAMPLE], describe), path=out_dir / "results.json")
-    write_results_json(out_dir / "results.json", records, describe, check=False)
+    validate(results_document(records[:VALIDATE_SAMPLE], describe, run=run), path=out_dir / "results.json")
+    write_results_json(out_dir / "results.json", records, describe, run=run, check=False)
     write_coco_results(out_dir / "coco.json", results, classes)
     write_cvat_xml(out_dir / "annotations.xml", results, classes)
     write_counts_csv(out_dir / "counts.csv", results, classes)

@@ -4,7 +4,6 @@
     probs = clf.predict_proba(list_of_rgb_uint8_crops)          # (N, C), any crop sizes
     res = classify_paths(["cells/"], model="default")            # folders walked, bad files skipped
     write_predictions(res, "out.csv")                            # or .json
-    bench_classify("default", n=2000)                            # {"cells_per_s": ...}
 
 Crops are fitted exactly as in training (centre square of the model's `crop_fraction`, resized to its
 input size), batched, and run through a BatchNorm-folded, channels-last copy of the network.
@@ -24,17 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bloodsmear.config import resolve_dataset_path
-from bloodsmear.data import load_dataset
-from bloodsmear.data.splits import load_manifest, seeded_sample
 from bloodsmear.errors import InputError
 from bloodsmear.inference.tta import check_tta, predict_tta
 from bloodsmear.io import atomic_path, is_image_file, list_images, read_image, write_json_atomic
-from bloodsmear.metrics.classification import classification_report_arrays
 from bloodsmear.models.artifact import LoadedClassifier, load_model
 from bloodsmear.preprocess.color import ReinhardNormalizer
 from bloodsmear.preprocess.transforms import fit_image, normalizer
-from bloodsmear.training.loaders import load_arrays
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +155,6 @@ def _pool(workers: int):
     return _POOLS[workers]
 
 
-_CACHE: dict[int, CellClassifier] = {}
-
-
-def predict_proba(model: LoadedClassifier | CellClassifier, crops: Sequence[np.ndarray], *,
-                  batch_size: int = 256) -> np.ndarray:
-    """Functional form used by the pipeline: probabilities for crops with a loaded model folder."""
-    if isinstance(model, LoadedClassifier):
-        key = id(model)
-        if key not in _CACHE or _CACHE[key].loaded is not model:
-            _CACHE[key] = CellClassifier(model)
-        model = _CACHE[key]
-    return model.predict_proba(crops, batch_size=batch_size)
-
-
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     """Image files from files and folders (walked, sorted); returns (files, problems for missing inputs)."""
     files, problems = [], []
@@ -240,98 +220,5 @@ def write_predictions(result: ClassifyResult, dest: str | Path) -> Path:
     return dest
 
 
-def bench_classify(model: str | Path = "default", *, n: int = 2000, batch_size: int = 256, threads: int | None = 2,
-                   crop_size: int = 224, seed: int = 0, source: Sequence[np.ndarray] | None = None) -> dict:
-    """End-to-end throughput from decoded crops (fit + normalise + network), batched.
-
-    Crops are `source` images (cycled) or random RGB uint8 crops of `crop_size`. One warm-up batch is
-    not timed. Returns {"cells_per_s", "n", "seconds", "cpu_seconds", "cells_per_cpu_s_x_threads",
-    "batch_size", "threads", "model", "input_size"}.
-    """
-    if threads:
-        torch.set_num_threads(int(threads))
-    clf = CellClassifier.load(model)
-    if source is not None and len(source):
-        crops = [source[i % len(source)] for i in range(n)]
-    else:
-        rng = np.random.default_rng(seed)
-        base = [rng.integers(0, 256, (crop_size, crop_size, 3), dtype=np.uint8) for _ in range(min(n, 64))]
-        crops = [base[i % len(base)] for i in range(n)]
-    clf.predict_proba(crops[:batch_size], batch_size=batch_size)  # warm-up
-    c0, t0 = time.process_time(), time.perf_counter()
-    clf.predict_proba(crops, batch_size=batch_size)
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    nthreads = torch.get_num_threads()
-    # cells per CPU-second x threads: what `threads` otherwise idle cores would give; differs from
-    # cells_per_s only when other processes compete for the CPU
-    return {"cells_per_s": n / dt, "n": n, "seconds": dt, "cpu_seconds": cpu,
-            "cells_per_cpu_s_x_threads": n / max(cpu, 1e-9) * nthreads, "batch_size": batch_size,
-            "threads": nthreads, "model": str(clf.loaded.path), "input_size": clf.info.input_size}
-
-
-
-
-@dataclass
-class ModelEvaluation:
-    model: str
-    dataset: str
-    split: str
-    n: int
-    report: object  # ClassificationReport
-    skipped_labels: int = 0
-    tta: str = "none"
-
-    def to_dict(self) -> dict:
-        d = {"model": self.model, "dataset": self.dataset, "split": self.split, "n": self.n,
-             "skipped_labels": self.skipped_labels, "tta": self.tta}
-        d.update(self.report.headline())
-        d["report"] = self.report.to_dict()
-        return d
-
-
-def evaluate_model(model: str | Path = "default", dataset: str | Path | None = None, *,
-                   split_manifest: str | Path | None = None, split: str = "test", format: str | None = None,  # noqa: A002
-                   limit: int | None = None, seed: int = 0, batch_size: int = 256,
-                   progress: bool = True, tta: str = "none") -> ModelEvaluation:
-    """Score a model folder on a labelled dataset: the `split` part of a manifest (default: the model's own
-    split.json), or every image when the model has none and no manifest is given.
-
-    Images whose label is not one of the model's classes are left out (counted in `skipped_labels`).
-    `limit` scores a seeded sample of that many images. `tta`: test-time augmentation of a model given
-    by name/folder (none | flip | d8, see `inference.tta`).
-    """
-    clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model, tta=tta)
-    info = clf.info
-    tdata = (info.training or {}).get("data", {})
-    ds_ref = dataset if dataset is not None else tdata.get("dataset")
-    if ds_ref is None:
-        raise InputError(None, "no dataset given and the model does not record one")
-    root = resolve_dataset_path(ds_ref)
-    if not root.exists():
-        raise InputError(root, "dataset folder not found")
-    ds = load_dataset(root, format or tdata.get("format") or "auto")
-    mfile = Path(split_manifest) if split_manifest else clf.loaded.path / "split.json"
-    if split_manifest or mfile.is_file():
-        m = load_manifest(mfile)
-        images = m.subset(ds, split)
-        where = f"{mfile}:{split}"
-    else:
-        images, where = list(ds.images), "all"
-    index = {c: i for i, c in enumerate(clf.classes)}
-    cmap = tdata.get("class_map") or {}
-    keep = [(im.path, index[cmap.get(im.label, im.label)]) for im in images
-            if im.label is not None and cmap.get(im.label, im.label) in index]
-    skipped = len(images) - len(keep)
-    keep = seeded_sample(keep, limit, seed)
-    if not keep:
-        raise InputError(root, f"no images of the model's classes in {where}")
-    arr = load_arrays([p for p, _ in keep], int(info.input_size), float(info.crop_fraction), progress=progress)
-    probs = np.concatenate([clf.predict_fitted(arr[b:b + batch_size]) for b in range(0, len(arr), batch_size)])
-    y = np.array([lab for _, lab in keep])
-    rep = classification_report_arrays(y, probs.argmax(1), clf.classes)
-    return ModelEvaluation(model=str(clf.loaded.path), dataset=str(root), split=where, n=len(keep), report=rep,
-                           skipped_labels=skipped, tta=clf.tta)
-
-
-__all__ = ["CellClassifier", "CellPrediction", "ClassifyResult", "classify_paths", "collect_inputs", "predict_proba",
-           "write_predictions", "bench_classify", "optimize_for_inference", "evaluate_model", "ModelEvaluation"]
+__all__ = ["CellClassifier", "CellPrediction", "ClassifyResult", "classify_paths", "collect_inputs",
+           "write_predictions", "optimize_for_inference"]

@@ -27,11 +27,13 @@ from tqdm import tqdm
 
 from bloodsmear.errors import InputError
 from bloodsmear.inference.batch import collect_images
-from bloodsmear.inference.pipeline import CROP_SOURCE, Pipeline, PipelineConfig
+from bloodsmear.inference.pipeline import Pipeline
+from bloodsmear.inference.pipeline_config import PipelineConfig
 from bloodsmear.inference.scale_plan import plan_for
 from bloodsmear.inference.stages import crop_cells
 from bloodsmear.io import read_image, write_image_atomic, write_text_atomic
-from bloodsmear.preprocess.cells import cell_box, resize_square
+from bloodsmear.preprocess.cells import cell_box
+from bloodsmear.preprocess.resize import resize_square
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,11 @@ def segmenting_pipeline(pipeline=None):
 
 def field_crops(pipe, rgb: np.ndarray, *, one_per_image: bool = False, scale: str | float | None = None,
                 name: str = "image", path: Path | None = None):
-    """(detection result, cells, crops, number of cells found) of one field: the pipeline's segmentation and
+    """(Detection, cells, crops, number of cells found) of one field: the pipeline's segmentation and
     crop stage (`stages.crop_cells`, framed by the red-cell size as `analyze` does); `one_per_image` keeps
     the largest cell only. `rgb` is not modified."""
     det = pipe.detect(rgb, scale=scale, name=name, path=path)
-    src = det.meta.pop(CROP_SOURCE, rgb)
+    src = det.crop_source
     cells = list(det.cells)
     n_all = len(cells)
     if one_per_image and cells:

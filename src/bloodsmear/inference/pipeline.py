@@ -11,7 +11,7 @@
       -> final class = refined label where refined, else the screening label; both kept per cell;
          cells whose final score is below `review_threshold` are flagged `review` (class kept).
 
-A pipeline is a YAML/JSON config (`PipelineConfig`) naming each stage's model folder, by shipped name
+A pipeline is a YAML/JSON config (`inference.pipeline_config.PipelineConfig`) naming each stage's model folder, by shipped name
 (`bloodsmear/zoo/<name>`) or path. `Pipeline` takes the loaded stages, so tests can pass fakes.
 """
 
@@ -19,42 +19,36 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
-import yaml
 
 from bloodsmear.errors import InputError
 from bloodsmear.inference.stages import (
-    PBC_FRAME_RBC,
     CropSource,
     crop_cells,
     estimate_rbc_diameter_px,
     load_classifier,
-    resolve_ref,
 )
-from bloodsmear.inference.tta import check_tta
+from bloodsmear.inference.pipeline_config import PipelineConfig, parse_scale, scale_mode
 from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
-from bloodsmear.preprocess.scale import SCALE_MODES, ScaleChoice, resize_to_scale
+from bloodsmear.preprocess.resize import resize_by
+from bloodsmear.preprocess.scale import ScaleChoice, lone_field_choice, part_windows, plausible_diameter
 from bloodsmear.preprocess.tiling import cell_to_original, predict_tiled
-from bloodsmear.settings import ZOO_DIR
 from bloodsmear.types import Cell, SlideResult
 
 log = logging.getLogger(__name__)
 
-#: Shipped pipeline configs: `bloodsmear/zoo/pipelines/<name>.yaml`.
-PIPELINES_DIR = ZOO_DIR / "pipelines"
-DEFAULT_PIPELINE = "default"
-CROP_SOURCE = "crop_source"  # SlideResult.meta key of the detect -> classify hand-over (removed by classify)
 MIN_SIDE = 16  # smaller images cannot hold a white cell
 FACTOR_RANGE = (1 / 64, 4.0)  # resize factors to the working scale are kept within this range
+SAME_SCALE = 1e-3  # a resize factor within this of 1 leaves the image as it is
 
 
 @runtime_checkable
-class CellClassifier(Protocol):
-    """What the pipeline needs from a classifier model folder."""
+class CropClassifier(Protocol):
+    """What the pipeline needs from a classifier (`inference.classify.CellClassifier`, `WbcOnly`, a fake)."""
 
     classes: Sequence[str]
 
@@ -73,109 +67,32 @@ class WbcOnly:
 
 
 @dataclass
-class PipelineConfig:
-    """One pipeline: every stage's model folder (shipped name or path) and the thresholds."""
+class Detection:
+    """What `Pipeline.detect` finds in one image: the WBC instances in original pixels (label "wbc",
+    score = detection score), the working scale, and the crop source the classification stage cuts the
+    cells from (the image, and its small copy for large crops). `to_result()` is the SlideResult."""
 
-    segmenter: str = "wbc-seg-fast"
-    screening: str = "default"
-    screening_classes: list[str] | None = None  # the classes the screening stage may answer (its probabilities
-    #                                             renormalised over them); None: all it knows
-    refine: str | None = None
-    refine_classes: list[str] | None = None  # None: every class the refine model knows
-    refine_mass: float | None = None  # also refine cells whose screening probability summed over refine_classes
-    #                                   is >= this (None: only cells the screening labels with one, the paper's routing)
-    review_threshold: float = 0.5  # final score below this -> review flag (class kept)
-    scale: str | float = "auto"  # "auto", "field", "folder" (see preprocess.scale) or the red-cell diameter in px
-    crop_frame_rbc: float | None = PBC_FRAME_RBC  # crop side in red-cell diameters (PBC framing); None: box crops
-    crop_padding: float | None = None  # box crops only: None = the crop function's default
-    refine_crop: dict | None = None  # the refine stage's own crops {frame_rbc, padding}; None: the same crops
-    screening_tta: str = "none"  # test-time augmentation of the screening stage: none | flip | d8 (inference/tta.py)
-    refine_tta: str = "none"  # ... of the refine stage
-    detection_threshold: float | None = None  # None: the segmenter's own threshold
-    tile_size: int = 1024  # working-scale images larger than this are segmented in overlapping tiles
-    tile_overlap: int = 256  # >= the largest WBC diameter at working scale (each cell whole in one tile)
-    scale_max_side: int = 1024  # red cells are measured on a copy at most this large (also the resize source)
-    name: str = ""
-    base_dir: str | None = field(default=None, repr=False)  # relative model paths resolve from here
+    name: str
+    width: int
+    height: int
+    path: Path | None
+    cells: list[Cell]
+    scale: float  # working-scale factor (working px / original px)
+    rbc_diameter_px: float | None  # red-cell diameter in original pixels
+    scale_source: str  # where the scale came from: estimated, folder-median, given, fallback, ...
+    crop_source: CropSource
+    timings: dict[str, float] = field(default_factory=dict)
 
-    @classmethod
-    def load(cls, ref: str | Path | None = None) -> "PipelineConfig":
-        """Load a config: a YAML/JSON path, or a shipped pipeline name (default: "default")."""
-        ref = DEFAULT_PIPELINE if ref is None else ref
-        path = Path(ref)
-        if not path.is_file():
-            shipped = PIPELINES_DIR / f"{ref}.yaml"
-            if not shipped.is_file():
-                known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
-                raise InputError(ref, f"no such pipeline config file or shipped pipeline (shipped: {', '.join(known)})")
-            path = shipped
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(path, f"not a readable YAML/JSON pipeline config ({e})") from e
-        if not isinstance(raw, dict):
-            raise InputError(path, "a pipeline config must be a mapping of settings")
-        known = {f.name for f in fields(cls)} - {"base_dir"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise InputError(path, f"unknown pipeline settings {unknown} (known: {', '.join(sorted(known))})")
-        raw.setdefault("name", path.stem)
-        cfg = cls(**raw, base_dir=str(path.parent.resolve()))
-        cfg.validate(path)
-        return cfg
-
-    def validate(self, where: object = None) -> None:
-        if not 0.0 <= float(self.review_threshold) <= 1.0:
-            raise InputError(where, f"review_threshold must be in [0, 1], not {self.review_threshold}")
-        if self.refine_mass is not None and not 0.0 < float(self.refine_mass) <= 1.0:
-            raise InputError(where, f"refine_mass must be in (0, 1] or null, not {self.refine_mass}")
-        parse_scale(self.scale, where)
-        if self.refine_crop is not None and (not isinstance(self.refine_crop, dict)
-                                             or set(self.refine_crop) - {"frame_rbc", "padding"}):
-            raise InputError(where, f"refine_crop must map frame_rbc and/or padding, not {self.refine_crop!r}")
-
-        for key in ("screening_tta", "refine_tta"):
-            try:
-                check_tta(getattr(self, key))
-            except ValueError as e:
-                raise InputError(where, f"{key}: {e}") from None
-        if not 0 <= self.tile_overlap < self.tile_size:
-            raise InputError(where, "tile_overlap must be >= 0 and smaller than tile_size")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("base_dir")
-        return d
-
-
-def parse_scale(value: str | float | None, where: object = None) -> float | None:
-    """None for a mode ("auto", "field", "folder": estimated from the red cells, see
-    `bloodsmear.preprocess.scale.choose_diameters`), else the red-cell diameter in pixels (> 0)."""
-    if isinstance(value, ScaleChoice) or scale_mode(value) is not None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(where, f"scale must be one of {', '.join(SCALE_MODES)} or a red-cell diameter in "
-                                f"pixels, not {value!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise InputError(where, f"scale (red-cell diameter in pixels) must be > 0, not {value!r}")
-    return v
-
-
-def scale_mode(value: str | float | None) -> str | None:
-    """The mode named by a scale value ("auto" for None), or None for a diameter in pixels."""
-    if value is None:
-        return "auto"
-    if isinstance(value, str) and value.strip().lower() in SCALE_MODES:
-        return value.strip().lower()
-    return None
+    def to_result(self) -> SlideResult:
+        return SlideResult(name=self.name, width=self.width, height=self.height, cells=self.cells, path=self.path,
+                           scale=self.scale, rbc_diameter_px=self.rbc_diameter_px, timings=self.timings,
+                           meta={"scale_source": self.scale_source})
 
 
 class Pipeline:
     """Segmenter + screening classifier (+ refine classifier) with the config's thresholds."""
 
-    def __init__(self, segmenter: Segmenter, screening: CellClassifier, refine: CellClassifier | None = None,
+    def __init__(self, segmenter: Segmenter, screening: CropClassifier, refine: CropClassifier | None = None,
                  config: PipelineConfig | None = None):
         self.segmenter = segmenter
         self.screening = screening
@@ -207,16 +124,16 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: PipelineConfig | str | Path | None = None) -> "Pipeline":
         cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.load(config)
-        seg = load_segmenter(resolve_ref(cfg.segmenter, cfg.base_dir))
-        screening = load_classifier(resolve_ref(cfg.screening, cfg.base_dir), tta=cfg.screening_tta)
-        refine = load_classifier(resolve_ref(cfg.refine, cfg.base_dir), tta=cfg.refine_tta) if cfg.refine else None
+        seg = load_segmenter(cfg.segmenter, base_dir=cfg.base_dir)
+        screening = load_classifier(cfg.screening, base_dir=cfg.base_dir, tta=cfg.screening_tta)
+        refine = load_classifier(cfg.refine, base_dir=cfg.base_dir, tta=cfg.refine_tta) if cfg.refine else None
         return cls(seg, screening, refine, cfg)
 
     @classmethod
     def segmenter_only(cls, segmenter: str | Path, config: PipelineConfig | None = None) -> "Pipeline":
         """A pipeline of one segmenter folder: every cell is labelled "wbc" with its detection score."""
         cfg = config or PipelineConfig(segmenter=str(segmenter), screening="none", name="segmenter-only")
-        return cls(load_segmenter(resolve_ref(segmenter, cfg.base_dir)), WbcOnly(), None, cfg)
+        return cls(load_segmenter(segmenter, base_dir=cfg.base_dir), WbcOnly(), None, cfg)
 
     @property
     def classes(self) -> list[str]:
@@ -234,22 +151,45 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     def working_factor(self, small: np.ndarray, small_factor: float = 1.0,
-                       scale: str | float | ScaleChoice | None = None) -> tuple[float, float | None, str]:
+                       scale: str | float | ScaleChoice | None = None, *,
+                       name: object = "image") -> tuple[float, float | None, str]:
         """(resize factor original -> working scale, red-cell diameter in original px, its source);
         `small` is the image downscaled by `small_factor` (the red cells are measured there). A
-        `ScaleChoice` (a folder's consensus, see `inference.scale_plan`) is used as it is."""
+        `ScaleChoice` (a folder's consensus, see `inference.scale_plan`) is used as it is; "field" is the
+        field's own estimate; "auto" and "folder" on a field without a folder's consensus check its own
+        estimate against its size and its parts (`preprocess.scale.lone_field_choice`; a warning naming
+        the field, `name`, when its own estimate is not used)."""
         target = float(self.segmenter.rbc_diameter_px)
         if isinstance(scale, ScaleChoice):
             if scale.diameter_px is None:
                 return 1.0, None, "fallback"
             return float(np.clip(target / scale.diameter_px, *FACTOR_RANGE)), float(scale.diameter_px), scale.source
-        given = parse_scale(self.config.scale if scale is None else scale)
+        value = self.config.scale if scale is None else scale
+        given = parse_scale(value)
         if given is not None:
             return float(np.clip(target / given, *FACTOR_RANGE)), given, "given"
         d = estimate_rbc_diameter_px(small, small_factor)
+        if scale_mode(value) != "field":
+            choice = self.lone_choice(small, small_factor, d)
+            if choice.source != "estimated":
+                h, w = (round(v / small_factor) for v in small.shape[:2])
+                why = ("no red-cell estimate" if d is None or not np.isfinite(d) or d <= 0 else
+                       f"red-cell estimate {d:.0f} px implausible for a {w}x{h} field"
+                       if not plausible_diameter(d, max(h, w)) else
+                       f"red-cell estimate {d:.0f} px far off its parts' {choice.diameter_px:.0f} px")
+                log.warning("%s: %s, and no folder of like fields to check it against: analysed at %.0f px "
+                            "(%s)", name, why, choice.diameter_px, choice.source)
+            return float(np.clip(target / choice.diameter_px, *FACTOR_RANGE)), choice.diameter_px, choice.source
         if d is None or not np.isfinite(d) or d <= 0:
             return 1.0, None, "fallback"
         return float(np.clip(target / d, *FACTOR_RANGE)), float(d), "estimated"
+
+    def lone_choice(self, small: np.ndarray, small_factor: float, own: float | None) -> ScaleChoice:
+        """`lone_field_choice` of a field (`small`: it downscaled by `small_factor`; `own`: its own
+        estimate in original px), its parts (`part_windows`) measured on `small` too."""
+        long_side = max(small.shape[:2]) / small_factor
+        parts = [estimate_rbc_diameter_px(win, small_factor) for win in part_windows(small)]
+        return lone_field_choice(own, parts, long_side)
 
     def small_copy(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         """(the image downscaled to at most `scale_max_side`, that factor): red cells are measured there."""
@@ -331,9 +271,11 @@ class Pipeline:
         return out
 
     def detect(self, rgb: np.ndarray, *, scale: str | float | ScaleChoice | None = None, name: str = "image",
-               path: Path | None = None) -> SlideResult:
-        """Segmentation only: WBC instances (label "wbc", score = detection score) in original pixels.
-        A scale mode ("auto", "field", "folder") on one image is its own estimate."""
+               path: Path | None = None) -> Detection:
+        """Segmentation only: WBC instances (label "wbc", score = detection score) in original pixels,
+        with the working scale and the crop source that `classify_many` cuts the cells from.
+        A scale mode on one image: its own estimate ("field"), checked against its size and its parts
+        ("auto", "folder"; see `working_factor`)."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InputError(path or name, f"expected an RGB uint8 image, got shape {rgb.shape} {rgb.dtype}")
         h, w = rgb.shape[:2]
@@ -342,10 +284,11 @@ class Pipeline:
         t = {}
         t0 = time.perf_counter()
         small, f_small = self.small_copy(rgb)  # one pass over the full image serves scale and resize
-        factor, rbc_d, source = self.working_factor(small, f_small, scale)
+        factor, rbc_d, source = self.working_factor(small, f_small, scale, name=path or name)
         t["scale"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        work = resize_by(small, factor / f_small) if factor <= f_small else resize_by(rgb, factor)
+        work = (resize_by(small, factor / f_small, tol=SAME_SCALE) if factor <= f_small
+                else resize_by(rgb, factor, tol=SAME_SCALE))
         fy, fx = work.shape[0] / h, work.shape[1] / w  # exact per-axis factors after rounding
         t["resize"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -353,8 +296,8 @@ class Pipeline:
                  if (c.polygon is not None and len(c.polygon) >= 3) or c.box is not None]
         t["segment"] = time.perf_counter() - t0
         crop_src = CropSource(rgb, small if f_small < 1.0 else None, f_small)  # large crops come from `small`
-        return SlideResult(name=name, width=w, height=h, cells=cells, path=path, scale=factor,
-                           rbc_diameter_px=rbc_d, timings=t, meta={"scale_source": source, CROP_SOURCE: crop_src})
+        return Detection(name=name, width=w, height=h, path=path, cells=cells, scale=factor, rbc_diameter_px=rbc_d,
+                         scale_source=source, crop_source=crop_src, timings=t)
 
     def run(self, rgb: np.ndarray, name: str = "image", *, scale: str | float | ScaleChoice | None = None,
             path: Path | None = None) -> SlideResult:
@@ -364,14 +307,13 @@ class Pipeline:
     def run_many(self, images: Sequence[tuple[np.ndarray, str, Path | None]], *,
                  scale: str | float | ScaleChoice | None = None) -> list[SlideResult]:
         """`run` on several (rgb, name, path) images, their cells classified in one batch."""
-        results = [self.detect(rgb, scale=scale, name=name, path=path) for rgb, name, path in images]
+        dets = [self.detect(rgb, scale=scale, name=name, path=path) for rgb, name, path in images]
         t0 = time.perf_counter()
-        self.classify_many([(r.meta.pop(CROP_SOURCE, rgb), r.cells, r.rbc_diameter_px)
-                            for (rgb, _, _), r in zip(images, results)])
-        share = (time.perf_counter() - t0) / max(1, len(results))
-        for r in results:
-            r.timings["classify"] = share
-        return results
+        self.classify_many([(d.crop_source, d.cells, d.rbc_diameter_px) for d in dets])
+        share = (time.perf_counter() - t0) / max(1, len(dets))
+        for d in dets:
+            d.timings["classify"] = share
+        return [d.to_result() for d in dets]
 
 
 # ---------------------------------------------------------------------- geometry helpers
@@ -381,15 +323,7 @@ def small_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """(`rgb` downscaled so its longer side is at most `max_side`, that factor <= 1)."""
     h, w = rgb.shape[:2]
     f = min(1.0, max_side / max(h, w))
-    return resize_by(rgb, f), f
-
-
-def resize_by(rgb: np.ndarray, factor: float) -> np.ndarray:
-    """`rgb` resized by `factor` (INTER_AREA when shrinking); the same array when factor is ~1."""
-    if abs(factor - 1.0) < 1e-3:
-        return rgb
-
-    return resize_to_scale(rgb, factor)
+    return resize_by(rgb, f, tol=SAME_SCALE), f
 
 
 def _to_original(c: Cell, fx: float, fy: float, w: int, h: int) -> Cell:

@@ -5,7 +5,10 @@ one. `plan_scales` measures every field's own red-cell diameter (the pipeline's 
 the fields by (folder, height, width) and applies `bloodsmear.preprocess.scale.choose_diameters`; the
 pipeline then analyses each field at its `ScaleChoice`. The plan covers all the inputs (also those a
 resumed run has already done), so a field's scale does not depend on which fields were left to do.
-Unreadable images are left out of the plan (the analysis reports them).
+Unreadable images are left out of the plan (the analysis reports them), and so are, in the modes that
+pool ("auto", "folder"), the fields of a group too small for a consensus (fewer than
+`CONSENSUS_MIN_FIELDS` estimates): the pipeline checks each of those against its own size and parts
+(`Pipeline.working_factor`, `preprocess.scale.lone_field_choice`), as when it is analysed alone.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from bloodsmear.inference.pipeline import scale_mode
+from bloodsmear.inference.pipeline_config import scale_mode
 from bloodsmear.io import read_image
-from bloodsmear.preprocess.scale import ScaleChoice, choose_diameters
+from bloodsmear.preprocess.scale import CONSENSUS_MIN_FIELDS, ScaleChoice, choose_diameters
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,8 @@ def _measure(path: Path, estimate: Callable[[np.ndarray], float | None],
 def plan_scales(paths: Sequence[Path], estimate: Callable[[np.ndarray], float | None], mode: str = "auto", *,
                 transform: Callable[[np.ndarray], np.ndarray] | None = None,
                 map_fn: Callable[..., Iterable] = map) -> dict[Path, ScaleChoice]:
-    """{path: ScaleChoice} for every readable image of `paths` (`mode`: see `choose_diameters`).
+    """{path: ScaleChoice} for every readable image of `paths` (`mode`: see `choose_diameters`), except,
+    in the modes that pool, the fields of groups with too few estimates for a consensus.
 
     `estimate(rgb)` gives a field's own red-cell diameter in original pixels (or None); `transform` is
     applied to each image first (e.g. `evaluate --rescale`); `map_fn` runs the measurements (a thread
@@ -53,8 +57,13 @@ def plan_scales(paths: Sequence[Path], estimate: Callable[[np.ndarray], float | 
     keep = [(p, m) for p, m in zip(paths, measured) if m is not None]
     if not keep:
         return {}
-    choices = choose_diameters([m[0] for _, m in keep], [folder_group(p, m[1]) for p, m in keep], mode)
-    plan = dict(zip([p for p, _ in keep], choices))
+    groups = [folder_group(p, m[1]) for p, m in keep]
+    choices = choose_diameters([m[0] for _, m in keep], groups, mode)
+    n_est: dict[tuple, int] = {}
+    for (_, m), g in zip(keep, groups):
+        n_est[g] = n_est.get(g, 0) + (m[0] is not None and np.isfinite(m[0]) and m[0] > 0)
+    plan = {p: c for (p, _), g, c in zip(keep, groups, choices)
+            if mode == "field" or n_est[g] >= CONSENSUS_MIN_FIELDS}
     n_pooled = sum(c.source == "folder-median" for c in choices)
     if n_pooled and mode == "auto":
         log.info("scale: %d of %d field(s) analysed at their folder's median red-cell diameter (own estimate "

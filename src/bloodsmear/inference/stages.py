@@ -1,4 +1,4 @@
-"""Adapters between the pipeline and the stage modules: model references, classifier folders, cell crops
+"""Adapters between the pipeline and the stage modules: classifier folders, cell crops
 and the red-cell scale estimate."""
 
 from __future__ import annotations
@@ -12,39 +12,20 @@ import numpy as np
 
 from bloodsmear.errors import InputError
 from bloodsmear.inference.classify import CellClassifier
-from bloodsmear.models.artifact import resolve_model
+from bloodsmear.models.artifact import load_model
 from bloodsmear.preprocess.cells import background_color, cell_box, crop_cell
 from bloodsmear.preprocess.scale import estimate_rbc_diameter
-from bloodsmear.settings import ZOO_DIR
 from bloodsmear.types import Cell
 
 log = logging.getLogger(__name__)
 
 
-def resolve_ref(ref: str | Path, base_dir: str | Path | None = None) -> Path:
-    """A model folder from a reference: an existing path (absolute, or relative to the config file's
-    folder `base_dir`, or to the working directory), else a shipped model `bloodsmear/zoo/<ref>`."""
-    p = Path(ref).expanduser()
-    cands = [p] if p.is_absolute() else ([Path(base_dir) / p] if base_dir else []) + [p, ZOO_DIR / str(ref)]
-    for c in cands:
-        if c.is_dir():
-            return c.resolve()
-    if not p.is_absolute() and "/" not in str(ref):
-        try:  # the classifier module's own resolver knows its aliases ("default")
-            return Path(resolve_model(str(ref)))
-        except (ImportError, AttributeError):
-            pass
-        except Exception as e:  # noqa: BLE001 - its own error names what is known
-            raise InputError(ref, f"no such model folder ({e})") from e
-    shipped = sorted(d.name for d in ZOO_DIR.iterdir() if d.is_dir() and (d / "config.json").is_file()) \
-        if ZOO_DIR.is_dir() else []
-    raise InputError(ref, f"no such model folder (shipped models: {', '.join(shipped) or 'none'})")
-
-
-def load_classifier(folder: str | Path, *, tta: str = "none"):
-    """A classifier model folder as the pipeline's `CellClassifier` (`classes`, batched `predict_proba`),
-    with test-time augmentation `tta` (none | flip | d8)."""
-    return CellClassifier.load(Path(folder), tta=tta)
+def load_classifier(ref: str | Path, *, base_dir: str | Path | None = None, tta: str = "none") -> CellClassifier:
+    """A classifier model folder (`models.folder.resolve_model`: a path, relative to `base_dir` - the
+    pipeline config's folder - or the working directory, or a shipped name) as the pipeline's
+    `CellClassifier` (`classes`, batched `predict_proba`), with test-time augmentation `tta`
+    (none | flip | d8). A segmenter folder named here is one InputError naming its kind."""
+    return CellClassifier(load_model(ref, base_dir=base_dir), tta=tta)
 
 
 #: PBC cell images (360x363, the classifiers' training data) span ~5.45 red-cell diameters (RBCs ~66 px,

@@ -29,6 +29,7 @@ from pycocotools.cocoeval import COCOeval
 from bloodsmear.classes import PBC_CLASSES, RVPBS_CLASSES
 from bloodsmear.data.coco import to_coco_dict
 from bloodsmear.errors import InputError
+from bloodsmear.geometry import box_iou_matrix, paste_mask, polygon_to_mask
 from bloodsmear.types import AnnotatedImage, Cell
 
 #: Every label that is a white blood cell: "wbc" and every WBC type (for class-agnostic WBC scoring).
@@ -36,7 +37,7 @@ WBC_LABELS: tuple[str, ...] = tuple(sorted({"wbc", *RVPBS_CLASSES, *PBC_CLASSES}
 
 __all__ = [
     "WBC_LABELS", "APResult", "ClassPRF", "CountingResult", "CoverageResult", "DetectionReport",
-    "cell_full_mask", "box_iou", "coco_ap", "matched_prf", "match_cells", "counting_errors",
+    "cell_full_mask", "coco_ap", "matched_prf", "match_cells", "counting_errors",
     "nucleus_coverage", "evaluate_detection", "pair_images",
 ]
 
@@ -123,48 +124,21 @@ def _ibox(box: Sequence[float]) -> tuple[int, int, int, int]:
 def cell_full_mask(cell: Cell, height: int, width: int) -> np.ndarray:
     """The cell as a full-image boolean mask: its mask (pasted at the rounded box origin), else its
     polygon filled, else its box filled."""
-    out = np.zeros((height, width), dtype=bool)
     if cell.mask is not None:
-        m = np.asarray(cell.mask, dtype=bool)
         if cell.mask_full:
-            hh, ww = min(height, m.shape[0]), min(width, m.shape[1])
-            out[:hh, :ww] = m[:hh, :ww]
-            return out
+            return paste_mask(cell.mask, (0, 0), (height, width))
         if cell.box is None:
             raise ValueError("a cell mask that covers its box needs a box")
         x0, y0, _, _ = _ibox(cell.box)
-        ys, xs = max(0, y0), max(0, x0)
-        ye, xe = min(height, y0 + m.shape[0]), min(width, x0 + m.shape[1])
-        if ye > ys and xe > xs:
-            out[ys:ye, xs:xe] = m[ys - y0:ye - y0, xs - x0:xe - x0]
-        return out
+        return paste_mask(cell.mask, (x0, y0), (height, width))
     if cell.polygon is not None and len(cell.polygon) >= 3:
-        tmp = np.zeros((height, width), dtype=np.uint8)
-        cv2.fillPoly(tmp, [np.round(cell.polygon).astype(np.int32)], 1)
-        return tmp.astype(bool)
+        return polygon_to_mask(cell.polygon, (height, width))
     if cell.box is not None:
+        out = np.zeros((height, width), dtype=bool)
         x1, y1, x2, y2 = _ibox(cell.box)
         out[max(0, y1):max(0, y2), max(0, x1):max(0, x2)] = True
         return out
     raise ValueError("cell has neither mask, polygon nor box")
-
-
-def _xywh(cell: Cell) -> list[float]:
-    if cell.box is None:
-        raise ValueError("cell without a box")
-    x1, y1, x2, y2 = cell.box
-    return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def pair_images(gt: Sequence[AnnotatedImage], pred: Sequence[AnnotatedImage]) -> list[tuple[AnnotatedImage, AnnotatedImage]]:
@@ -285,8 +259,10 @@ def match_cells(
             union = np.count_nonzero(gm[i] | pm[j])
             return inter / union if union else 0.0
     else:
+        ious = box_iou_matrix([c.box for c in gt_cells], [c.box for c in pred_cells])
+
         def iou(i: int, j: int) -> float:
-            return box_iou(gt_cells[i].box, pred_cells[j].box)  # type: ignore[arg-type]
+            return float(ious[i, j])
 
     order = sorted(range(len(pred_cells)), key=lambda j: -(pred_cells[j].score or 0.0))
     taken: set[int] = set()

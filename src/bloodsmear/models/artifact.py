@@ -1,7 +1,7 @@
-"""A trained classifier is a self-describing folder (stardist style):
+"""A trained classifier is a self-describing model folder (the contract is `bloodsmear.models.folder`):
 
-    config.json     backbone, input size, crop fraction, normalisation, classes, mode, thresholds,
-                    the training config and seed
+    config.json     kind "classifier", backbone, input size, crop fraction, normalisation, classes, mode,
+                    thresholds, the training config and seed
     weights.safetensors   (fp16 by default: small) - or weights.pt
     split.json      the split manifest it was trained on (paths relative to the dataset root)
     history.json    per-epoch training history;  metrics.json  test (and val) metrics
@@ -9,39 +9,48 @@
 
     save_model(model, "runs/x/model", info)      # info: ModelInfo
     loaded = load_model("default")               # LoadedClassifier(model, info, path)
-    resolve_model("default" | shipped name | path) -> Path
 
-Loading never needs the training code's defaults: everything to rebuild the network is in config.json.
+Loading never needs the training code's defaults: everything to rebuild the network is in config.json,
+and a key config.json does not define is an error (never silently dropped).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 
 from bloodsmear import __version__
+from bloodsmear.config import StrictConfig
 from bloodsmear.errors import InputError
 from bloodsmear.io import atomic_path, write_json_atomic, write_text_atomic
 from bloodsmear.models.classifier import WBCClassifier
+from bloodsmear.models.folder import (
+    CLASSIFIER,
+    DEFAULT_MODEL,
+    LEGACY_CLASSIFIER_FORMAT,
+    list_shipped,
+    read_card,
+    read_folder_config,
+    resolve_model,
+)
 from bloodsmear.models.registry import create_backbone
-from bloodsmear.settings import ZOO_DIR
 
 log = logging.getLogger(__name__)
 
-FORMAT = "bloodsmear-classifier"
+FORMAT = LEGACY_CLASSIFIER_FORMAT
 FORMAT_VERSION = 1
-DEFAULT_MODEL = "pbc-mobilenetv2"
 
 
-@dataclass
-class ModelInfo:
-    """Everything needed to rebuild and feed a classifier."""
+class ModelInfo(StrictConfig):
+    """Everything needed to rebuild and feed a classifier (its folder's config.json)."""
 
+    kind: Literal["classifier"] = CLASSIFIER
     backbone: str
     classes: list[str]
     input_size: int
@@ -51,29 +60,18 @@ class ModelInfo:
     mode: str = "finetune"
     hidden: int = 128
     dropout: float = 0.2
-    thresholds: dict = field(default_factory=lambda: {"min_confidence": 0.0})
+    thresholds: dict[str, Any] = Field(default_factory=lambda: {"min_confidence": 0.0})
     name: str = ""
     seed: int | None = None
-    training: dict = field(default_factory=dict)  # the TrainConfig as a dict
+    training: dict[str, Any] = Field(default_factory=dict)  # the training config as a dict
     # stain normalisation applied to every input after resizing (e.g. Reinhard to the training stain:
     # `preprocess.color.ReinhardNormalizer.to_dict()`); None = none
-    color_normalization: dict | None = None
+    color_normalization: dict[str, Any] | None = None
     weights: str = "weights.safetensors"
     dtype: str = "float16"
-    format: str = FORMAT
+    format: Literal["bloodsmear-classifier"] = FORMAT
     format_version: int = FORMAT_VERSION
     bloodsmear_version: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, *, path: str | Path | None = None) -> "ModelInfo":
-        known = set(cls.__dataclass_fields__)
-        missing = [k for k in ("backbone", "classes", "input_size", "mean", "std") if k not in d]
-        if missing:
-            raise InputError(path, f"model config lacks {', '.join(missing)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
@@ -98,7 +96,8 @@ def save_model(model: torch.nn.Module, folder: str | Path, info: ModelInfo, *, h
     """Write a model folder. Files are written atomically; existing extra files (PNGs) are kept."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    info.bloodsmear_version = info.bloodsmear_version or __version__
+    if not info.bloodsmear_version:
+        info = info.model_copy(update={"bloodsmear_version": __version__})
     sd = _state_dict_for_save(model, info.dtype)
     wfile = folder / info.weights
     with atomic_path(wfile) as tmp:
@@ -118,54 +117,17 @@ def save_model(model: torch.nn.Module, folder: str | Path, info: ModelInfo, *, h
     return folder
 
 
-def list_shipped() -> list[str]:
-    """Names of the classifier folders under the package's zoo/."""
-    out = []
-    if ZOO_DIR.is_dir():
-        for d in sorted(ZOO_DIR.iterdir()):
-            cfg = d / "config.json"
-            if cfg.is_file():
-                try:
-                    if json.loads(cfg.read_text()).get("format") == FORMAT:
-                        out.append(d.name)
-                except ValueError:
-                    continue
-    return out
+def read_info(ref: str | Path) -> ModelInfo:
+    """The `ModelInfo` of a classifier folder (any reference `resolve_model` takes)."""
+    folder = resolve_model(ref, kind=CLASSIFIER)
+    return ModelInfo.from_dict(read_folder_config(folder), source=folder / "config.json")
 
 
-def resolve_model(ref: str | Path | None = "default") -> Path:
-    """A model folder from "default", a shipped model's name, or a path."""
-    ref = "default" if ref in (None, "") else ref
-    if str(ref) == "default":
-        ref = DEFAULT_MODEL
-    p = Path(ref).expanduser()
-    if p.is_dir() and (p / "config.json").is_file():
-        return p
-    if p.is_file() and p.name == "config.json":
-        return p.parent
-    z = ZOO_DIR / str(ref)
-    if z.is_dir() and (z / "config.json").is_file():
-        return z
-    shipped = list_shipped()
-    raise InputError(str(ref), "not a model folder (no config.json) nor a shipped model "
-                               f"(shipped: {', '.join(['default'] + shipped) if shipped else 'none'})")
-
-
-def read_info(folder: str | Path) -> ModelInfo:
-    folder = resolve_model(folder)
-    cfg = folder / "config.json"
-    try:
-        d = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(cfg, f"unreadable model config ({e})") from e
-    if d.get("format", FORMAT) != FORMAT:
-        raise InputError(cfg, f"not a classifier model folder (format {d.get('format')!r})")
-    return ModelInfo.from_dict(d, path=cfg)
-
-
-def load_model(ref: str | Path = "default", *, device: str = "cpu") -> LoadedClassifier:
-    """Rebuild the network from config.json (no pretrained download) and load its weights (as float32)."""
-    folder = resolve_model(ref)
+def load_model(ref: str | Path = "default", *, device: str = "cpu",
+               base_dir: str | Path | None = None) -> LoadedClassifier:
+    """Rebuild the network from config.json (no pretrained download) and load its weights (as float32).
+    `ref` as `models.folder.resolve_model` takes it (relative paths tried against `base_dir` first)."""
+    folder = resolve_model(ref, kind=CLASSIFIER, base_dir=base_dir)
     info = read_info(folder)
     wfile = folder / info.weights
     if not wfile.is_file():
@@ -185,18 +147,10 @@ def load_model(ref: str | Path = "default", *, device: str = "cpu") -> LoadedCla
     return LoadedClassifier(model=model, info=info, path=folder)
 
 
-def read_card_metrics(folder: str | Path) -> dict:
+def read_card_metrics(ref: str | Path) -> dict:
     """Headline test metrics of a model folder (from metrics.json), {} when absent."""
-    f = Path(folder) / "metrics.json"
-    if not f.is_file():
-        return {}
-    try:
-        d = json.loads(f.read_text())
-    except ValueError:
-        return {}
-    test = d.get("test") or {}
-    return {k: test[k] for k in ("macro_f1", "macro_precision", "macro_recall", "accuracy", "n") if k in test}
+    return dict(read_card(ref).metrics)
 
 
-__all__ = ["ModelInfo", "LoadedClassifier", "save_model", "load_model", "resolve_model", "read_info",
-           "list_shipped", "read_card_metrics", "DEFAULT_MODEL"]
+__all__ = ["ModelInfo", "LoadedClassifier", "save_model", "load_model", "read_info", "read_card_metrics",
+           "DEFAULT_MODEL", "resolve_model", "list_shipped"]

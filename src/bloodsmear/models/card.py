@@ -1,25 +1,50 @@
-"""Model card (card.md) for a trained classifier folder, rendered from its config, metrics and history."""
+"""Model cards (card.md): the shared pieces every card is built of - header, data/split table, metrics
+table, command, footer - and the card of a trained classifier folder (`render_card`). Domain runs
+(`experiments.domain_runs.run_card`) and adapted models (`experiments.adapt`) compose the same pieces.
+"""
 
 from __future__ import annotations
 
-import json
 import platform
 from datetime import datetime, timezone
+from typing import Sequence
 
 import torch
 
 from bloodsmear.metrics.classification import ClassificationReport, report_markdown
 
 
-def manifest_counts(manifest: dict) -> dict[str, dict[str, int]]:
-    """{split: {label: images}} from a split manifest dict."""
-    out: dict[str, dict[str, int]] = {}
-    for s, entries in manifest.get("splits", {}).items():
-        c: dict[str, int] = {}
-        for e in entries:
-            c[str(e.get("label"))] = c.get(str(e.get("label")), 0) + 1
-        out[s] = c
-    return out
+def card_header(name: str, summary: str) -> list[str]:
+    """`# name` and the one-paragraph summary of what the model is."""
+    return [f"# {name}", "", summary, ""]
+
+
+def split_table(counts: dict[str, dict[str, int]], classes: Sequence[str], *, title: str = "") -> list[str]:
+    """Images per class and split part ({part: {label: n}}) as a Markdown table with a total row."""
+    parts = [p for p in ("train", "val", "test") if p in counts] + [p for p in counts if p not in ("train", "val", "test")]
+    lines = [title, ""] if title else []
+    lines += ["| class | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]
+    lines += [f"| {c} | " + " | ".join(str(counts[p].get(c, 0)) for p in parts) + " |" for c in classes]
+    lines += ["| total | " + " | ".join(str(sum(counts[p].values())) for p in parts) + " |", ""]
+    return lines
+
+
+def metrics_section(rep: ClassificationReport | dict, *, title: str | None = "Test metrics", level: int = 2,
+                    what: str = "test images") -> list[str]:
+    """Headline line (macro P/R/F1, accuracy, n) and the per-class table of a classification report."""
+    r = rep if isinstance(rep, ClassificationReport) else ClassificationReport.from_dict(rep)
+    lines = [f"{'#' * level} {title}", ""] if title else []
+    return lines + [f"Macro precision {r.macro_precision:.4f}, macro recall {r.macro_recall:.4f}, "
+                    f"**macro F1 {r.macro_f1:.4f}**, accuracy {r.accuracy:.4f} on {r.n} {what}.", "",
+                    report_markdown(r), ""]
+
+
+def command_line(command: str) -> str:
+    return f"- Command: `{command}`"
+
+
+def card_footer() -> list[str]:
+    return [f"_Card written {datetime.now(timezone.utc).isoformat(timespec='seconds')}._", ""]
 
 
 def render_card(info, metrics: dict, history: list[dict], data=None, *, command: str | None = None,
@@ -27,11 +52,12 @@ def render_card(info, metrics: dict, history: list[dict], data=None, *, command:
     t = info.training or {}
     d = t.get("data", {})
     m = t.get("model", {})
-    lines = [f"# {info.name or 'classifier'}", "",
-             f"WBC classifier: `{info.backbone}` ({info.mode}, "
-             f"{'ImageNet-pretrained' if m.get('pretrained', True) else 'random init'}) -> global average pooling -> "
-             f"Dense({info.hidden}) ReLU dropout {info.dropout} -> softmax over {len(info.classes)} classes.", "",
-             "## Input", "",
+    lines = card_header(info.name or "classifier",
+                        f"WBC classifier: `{info.backbone}` ({info.mode}, "
+                        f"{'ImageNet-pretrained' if m.get('pretrained', True) else 'random init'}) -> global average "
+                        f"pooling -> Dense({info.hidden}) ReLU dropout {info.dropout} -> softmax over "
+                        f"{len(info.classes)} classes.")
+    lines += ["## Input", "",
              f"- RGB single-cell image; centre square of {info.crop_fraction:g} x the short side, resized to "
              f"{info.input_size}x{info.input_size} px (area interpolation), normalised with mean {info.mean} / std "
              f"{info.std} (x/255).",
@@ -43,9 +69,7 @@ def render_card(info, metrics: dict, history: list[dict], data=None, *, command:
              f"- Images: train {metrics.get('n_train')}, val {metrics.get('n_val')}, test {metrics.get('n_test')}."]
     counts = data.counts() if data is not None else counts
     if counts:
-        lines.append("- Per class (train/val/test): " + "; ".join(
-            f"{c} {counts.get('train', {}).get(c, 0)}/{counts.get('val', {}).get(c, 0)}/{counts.get('test', {}).get(c, 0)}"
-            for c in info.classes))
+        lines += [""] + split_table(counts, info.classes)
     lines += ["", "## Training", "",
               f"- Optimiser {t.get('optim', {}).get('name')} lr {t.get('optim', {}).get('lr')} weight decay "
               f"{t.get('optim', {}).get('weight_decay')}, schedule {t.get('schedule', {}).get('name')}, batch "
@@ -55,7 +79,7 @@ def render_card(info, metrics: dict, history: list[dict], data=None, *, command:
               f"validation macro-F1 at epoch {metrics.get('best_epoch')} (weights shipped).",
               f"- Training time: {metrics.get('train_seconds')} s wall clock (training + per-epoch validation), "
               f"{t.get('threads')} torch threads, {platform.processor() or platform.machine()}, torch {torch.__version__}.",
-              f"- Command: `{command or 'bloodsmear train <config>'}`", "",
+              command_line(command or "bloodsmear train <config>"), "",
               "Full config: `config.json` (`training`). History: `history.json`, `history.png`.", ""]
     if history:
         lines += ["| epoch | train loss | train acc | val loss | val acc | val macro-F1 | s |", "|---|---|---|---|---|---|---|"]
@@ -66,16 +90,7 @@ def render_card(info, metrics: dict, history: list[dict], data=None, *, command:
         lines.append("")
     test = metrics.get("test")
     if test:
-        rep = ClassificationReport.from_dict(test)
-        lines += ["## Test metrics", "",
-                  f"Macro precision {rep.macro_precision:.4f}, macro recall {rep.macro_recall:.4f}, "
-                  f"**macro F1 {rep.macro_f1:.4f}**, accuracy {rep.accuracy:.4f} on {rep.n} test images.", "",
-                  report_markdown(rep), "![confusion](confusion_test.png)", ""]
+        lines += metrics_section(test) + ["![confusion](confusion_test.png)", ""]
     if extra:
         lines += [extra, ""]
-    lines += [f"_Card written {datetime.now(timezone.utc).isoformat(timespec='seconds')}._", ""]
-    return "\n".join(lines)
-
-
-def card_json(metrics: dict) -> str:
-    return json.dumps(metrics, indent=2)
+    return "\n".join(lines + card_footer())

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torchvision.models import mobilenet_v2
 from torchvision.models.detection import MaskRCNN
@@ -31,10 +31,14 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from bloodsmear.config import StrictConfig
 from bloodsmear.errors import InputError
+from bloodsmear.geometry import mask_to_polygon
 from bloodsmear.io import atomic_path, write_json_atomic
 from bloodsmear.models.pretrained import ensure_offline_weights
+from bloodsmear.models.folder import check_kind, read_folder_config
 from bloodsmear.models.segmenter_base import register_segmenter
+from bloodsmear.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 from bloodsmear.types import Cell
 
 log = logging.getLogger(__name__)
@@ -42,22 +46,20 @@ log = logging.getLogger(__name__)
 KIND = "maskrcnn"
 WEIGHTS_FILE = "weights.pt"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass
-class MaskRCNNConfig:
-    """Everything needed to rebuild and run the model (saved as the folder's config.json)."""
+class MaskRCNNConfig(StrictConfig):
+    """Everything needed to rebuild and run the model (saved as the folder's config.json; unknown keys are an
+    error naming them: `MaskRCNNConfig.from_dict`)."""
 
     kind: str = KIND
     backbone: str = "mobilenet_v2"  # or "tiny" (random, for tests)
-    classes: list[str] = field(default_factory=lambda: ["background", "wbc"])
+    classes: list[str] = Field(default_factory=lambda: ["background", "wbc"])
     neck_channels: int = 256
     representation_size: int = 256
-    mask_layers: list[int] = field(default_factory=lambda: [128, 128, 128, 128])
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    mask_layers: list[int] = Field(default_factory=lambda: [128, 128, 128, 128])
+    anchor_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
     rpn_pre_nms_top_n_train: int = 1000
     rpn_post_nms_top_n_train: int = 500
     rpn_pre_nms_top_n_test: int = 300
@@ -69,19 +71,11 @@ class MaskRCNNConfig:
     mask_threshold: float = 0.5
     min_area_px: float = 0.0  # drop instances with fewer mask pixels (working scale)
     rbc_diameter_px: float = 50.0  # typical RBC diameter at the working scale
-    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    image_mean: list[float] = Field(default_factory=lambda: list(IMAGENET_MEAN))
+    image_std: list[float] = Field(default_factory=lambda: list(IMAGENET_STD))
     weights: str = WEIGHTS_FILE
     weights_dtype: str = "float16"
-    trained_with: dict[str, Any] = field(default_factory=dict)  # training config, data, split, metrics
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MaskRCNNConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            log.debug("ignoring unknown Mask R-CNN config keys: %s", unknown)
-        return cls(**{k: v for k, v in d.items() if k in known})
+    trained_with: dict[str, Any] = Field(default_factory=dict)  # training config, data, split, metrics
 
     @property
     def num_classes(self) -> int:
@@ -187,15 +181,14 @@ def _instance_cell(prob: np.ndarray, box: np.ndarray, score: float, cfg: MaskRCN
     sub = full[yi1:yi2, xi1:xi2]
     if sub.sum() < max(1.0, cfg.min_area_px):
         return None
-    contours, _ = cv2.findContours(sub.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    biggest = max(contours, key=cv2.contourArea)
-    if len(biggest) < 3:
+    outline = mask_to_polygon(sub, chain="simple")
+    if len(outline) < 3:
         return None
     # keep only the component the polygon describes, so mask, polygon and box agree
     keep = np.zeros(sub.shape, dtype=np.uint8)
-    cv2.drawContours(keep, [biggest], -1, 1, thickness=-1)
+    cv2.drawContours(keep, [outline.astype(np.int32).reshape(-1, 1, 2)], -1, 1, thickness=-1)
     mask = sub & keep.astype(bool)
-    poly = biggest.reshape(-1, 2).astype(float) + [xi1, yi1]
+    poly = outline + [xi1, yi1]
     return Cell(label="wbc", polygon=poly, box=(float(xi1), float(yi1), float(xi2), float(yi2)), mask=mask,
                 score=float(score))
 
@@ -251,7 +244,7 @@ def save_maskrcnn(model: nn.Module, cfg: MaskRCNNConfig, folder: str | Path, *,
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     with atomic_path(folder / cfg.weights) as tmp:
         torch.save(state, tmp)
-    write_json_atomic(folder / "config.json", asdict(cfg))
+    write_json_atomic(folder / "config.json", cfg.to_dict())
     for name, obj in (extra_files or {}).items():
         write_json_atomic(folder / name, obj)
     return folder
@@ -265,7 +258,7 @@ def read_config(folder: str | Path) -> MaskRCNNConfig:
         raise InputError(folder / "config.json", f"unreadable model config ({e})") from e
     if d.get("kind") != KIND:
         raise InputError(folder / "config.json", f"kind is {d.get('kind')!r}, not {KIND!r}")
-    return MaskRCNNConfig.from_dict(d)
+    return MaskRCNNConfig.from_dict(d, source=folder / "config.json")
 
 
 @register_segmenter(KIND)

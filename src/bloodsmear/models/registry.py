@@ -23,11 +23,10 @@ from torch import nn
 
 from bloodsmear.errors import BloodsmearError
 from bloodsmear.models.pretrained import TIMM_ALIASES, load_pretrained
+from bloodsmear.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
@@ -159,4 +158,4 @@ def create_backbone(name: str, pretrained: bool | str = False, *, allow_download
 
 
 __all__ = ["BackboneSpec", "Backbone", "UnknownBackboneError", "register_backbone", "list_backbones", "get_spec",
-           "create_backbone", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "create_backbone"]

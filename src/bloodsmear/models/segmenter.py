@@ -17,19 +17,20 @@ mask pixel, `mask` covers exactly that box, `polygon` is the simplified outer co
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from pydantic import Field
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, watershed
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from bloodsmear.config import StrictConfig
 from bloodsmear.errors import InputError
+from bloodsmear.geometry import mask_to_polygon
 from bloodsmear.io import atomic_path, write_json_atomic
 from bloodsmear.models.instance_filter import (
     FilterConfig,
@@ -37,6 +38,7 @@ from bloodsmear.models.instance_filter import (
     merge_split_instances,
     relabel,
 )
+from bloodsmear.models.folder import check_kind, read_folder_config
 from bloodsmear.models.segmenter_base import register_segmenter
 from bloodsmear.types import Cell
 
@@ -111,8 +113,9 @@ class UNet(nn.Module):
 # ------------------------------------------------------------------ config
 
 
-@dataclass
-class FastSegConfig:
+class FastSegConfig(StrictConfig):
+    """The model folder's config.json (unknown keys are an error naming them: `FastSegConfig.from_dict`)."""
+
     kind: str = KIND
     arch: str = "unet"
     base_channels: int = 8
@@ -130,21 +133,16 @@ class FastSegConfig:
     merge_min_solidity: float = FilterConfig.merge_min_solidity  # ... that is this convex
     min_nucleus_rbc: float = FilterConfig.min_nucleus_rbc  # drop instances with less purple-stained nucleus
     stain_threshold: float = FilterConfig.stain_threshold  # OD(G) - OD(B) above the red cells' = nucleus stain
-    normalisation: dict = field(default_factory=lambda: {"type": "percentile", "low": 1.0, "high": 99.0,
+    normalisation: dict = Field(default_factory=lambda: {"type": "percentile", "low": 1.0, "high": 99.0,
                                                          "subsample": 4})
-    training: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    training: dict = Field(default_factory=dict)
+    metrics: dict = Field(default_factory=dict)
 
     def filter_config(self) -> FilterConfig:
         """The instance-filter thresholds of this model (`bloodsmear.models.instance_filter`)."""
         return FilterConfig(merge_dynamics=self.merge_dynamics, merge_max_area_rbc=self.merge_max_area_rbc,
                             merge_min_solidity=self.merge_min_solidity, min_nucleus_rbc=self.min_nucleus_rbc,
                             stain_threshold=self.stain_threshold)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FastSegConfig":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def normalise(rgb: np.ndarray, norm: dict) -> np.ndarray:
@@ -215,7 +213,7 @@ def cells_from_labels(lab: np.ndarray, fg: np.ndarray, *, score_threshold: float
         score = float(fg[ys, xs][m].mean())
         if score < score_threshold:
             continue
-        poly = mask_polygon(m, polygon_epsilon) + np.array([xs.start, ys.start], float)
+        poly = mask_to_polygon(m, epsilon=polygon_epsilon) + np.array([xs.start, ys.start], float)
         box = (float(xs.start), float(ys.start), float(xs.stop), float(ys.stop))
         cells.append(Cell(label="wbc", polygon=poly, box=box, mask=m.copy(), score=score))
     cells.sort(key=lambda c: -c.score)
@@ -224,19 +222,6 @@ def cells_from_labels(lab: np.ndarray, fg: np.ndarray, *, score_threshold: float
 
 def _bbox_slices(lab: np.ndarray) -> dict[int, tuple[slice, slice]]:
     return {i + 1: s for i, s in enumerate(ndi.find_objects(lab)) if s is not None}
-
-
-def mask_polygon(m: np.ndarray, epsilon: float = 0.6) -> np.ndarray:
-    """Simplified outer contour (N, 2) of the largest component of a boolean mask (x, y pixel centres)."""
-    cs, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not cs:
-        return np.zeros((0, 2))
-    c = max(cs, key=cv2.contourArea)
-    if epsilon > 0 and len(c) > 8:
-        c2 = cv2.approxPolyDP(c, epsilon, True)
-        if len(c2) >= 3:
-            c = c2
-    return c.reshape(-1, 2).astype(float)
 
 
 # ------------------------------------------------------------------ the segmenter
@@ -292,7 +277,7 @@ class FastSegmenter:
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in self.net.state_dict().items()}
         with atomic_path(folder / WEIGHTS) as tmp:
             torch.save(sd, tmp)
-        cfg = asdict(self.config)
+        cfg = self.config.to_dict()
         cfg["score_threshold"] = self.score_threshold
         write_json_atomic(folder / "config.json", cfg)
         return folder
@@ -307,7 +292,9 @@ def build_net(config: FastSegConfig) -> UNet:
 @register_segmenter(KIND)
 def load_fast_segmenter(folder: str | Path) -> FastSegmenter:
     folder = Path(folder)
-    cfg = FastSegConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    d = read_folder_config(folder)
+    check_kind(folder, KIND, d)
+    cfg = FastSegConfig.from_dict(d, source=folder / "config.json")
     net = build_net(cfg)
     wpath = folder / WEIGHTS
     if not wpath.is_file():

@@ -1,6 +1,7 @@
 """The contract every WBC instance segmenter honours (fast default and Mask R-CNN alike).
 
-A segmenter is a model folder (config.json with `"kind": "<registered kind>"`, weights, thresholds,
+A segmenter is a model folder (`bloodsmear.models.folder`: config.json with `"kind": "<registered kind>"`,
+weights, thresholds,
 `rbc_diameter_px` = the typical red-cell diameter at the segmenter's working scale). It takes an RGB
 uint8 image AT ITS WORKING SCALE and returns WBC instances as `bloodsmear.types.Cell` objects with
 label "wbc", `score`, `box` (x1, y1, x2, y2), `polygon` (N, 2) and `mask` (bool, covering the
@@ -11,13 +12,12 @@ pixels are done by `bloodsmear.inference` with `bloodsmear.preprocess.scale` / `
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from bloodsmear.errors import InputError
+from bloodsmear.models.folder import check_kind, resolve_model
 from bloodsmear.types import Cell
 
 
@@ -44,17 +44,19 @@ def register_segmenter(kind: str) -> Callable[[Callable[[Path], Segmenter]], Cal
     return deco
 
 
-def load_segmenter(folder: str | Path) -> Segmenter:
-    """Load a segmenter model folder by the `kind` in its config.json."""
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise InputError(folder, "not a segmenter model folder (no config.json)")
-    kind = json.loads(cfg_path.read_text())["kind"]
+def segmenter_kinds() -> tuple[str, ...]:
+    """Every registered segmenter kind (the built-in ones imported first)."""
     _import_builtin_kinds()
-    if kind not in _LOADERS:
-        raise KeyError(f"{folder}: unknown segmenter kind {kind!r}; known: {', '.join(sorted(_LOADERS))}")
-    return _LOADERS[kind](folder)
+    return tuple(sorted(_LOADERS))
+
+
+def load_segmenter(ref: str | Path, *, base_dir: str | Path | None = None) -> Segmenter:
+    """Load a segmenter model folder (a path, relative to `base_dir` or the working directory, or a shipped
+    name; `models.folder.resolve_model`) by the `kind` in its config.json. A folder of another kind (a
+    classifier) is one InputError naming the folder, its kind and the segmenter kinds."""
+    kinds = segmenter_kinds()
+    folder = resolve_model(ref, kind=kinds, base_dir=base_dir)
+    return _LOADERS[check_kind(folder, kinds)](folder)
 
 
 def _import_builtin_kinds() -> None:

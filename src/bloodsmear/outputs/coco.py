@@ -1,8 +1,8 @@
 """COCO instances JSON of the predictions, loadable by pycocotools (`COCO(path)`), so results can be
 scored with COCOeval; written with the Foundation COCO writer (`bloodsmear.data.coco.to_coco_dict`).
 Images are named by their path relative to the input root; categories are the pipeline's classes (ids
-from 1, sorted by name); every annotation holds a polygon `segmentation`, an xywh `bbox`, `area` and
-`score` = detection score x final class score, with both factors kept as `detection_score` and
+from 1, sorted by name); every annotation holds a polygon `segmentation`, an xywh `bbox`, `area` (the
+cell's `Cell.area`, as in results.json) and `score` = detection score x final class score, with both factors kept as `detection_score` and
 `class_score`, and the `review` flag.
 """
 
@@ -41,7 +41,8 @@ def to_coco_results(results: Sequence[SlideResult], classes: Iterable[str] = ())
     cells = [c for r in results for c in r.cells]
     for ann, c in zip(d["annotations"], cells):
         det = c.attributes.get("detection_score")
-        ann.update(score=round(ann.get("score", 1.0), 6), detection_score=None if det is None else round(float(det), 6),
+        ann.update(area=round(float(c.area), 2), score=round(ann.get("score", 1.0), 6),
+                   detection_score=None if det is None else round(float(det), 6),
                    class_score=None if c.score is None else round(float(c.score), 6),
                    review=bool(c.attributes.get("review", False)))
     return d

@@ -1,9 +1,21 @@
 """The paper's JSON output (its section 5.1), documented by `schemas/results.schema.json`.
 
+The paper's tool writes one object per analysed image under "data", keyed "0", "1", ... in order:
+
+    {"data": {"0": {"filename": ..., "height": ..., "width": ...,
+                    "masks": [{"class_name": ..., "score": ..., "bounding_box": {"x1", "x2", "y1", "y2"},
+                               "vertices": [[x, y], ...]}, ...]},
+              "1": ...},
+     "run": {"format": "bloodsmear-results", "version": 2, "pipeline": {...}, "identity": {...}}}
+
+bloodsmear writes exactly that envelope; its images and masks carry more fields (both classifier stages,
+area, review flag, scale), and the run's metadata sits in "run" beside "data". A file of the paper's
+own tool (no "run", masks with the paper's four fields only) reads back as well.
+
 `image_record(result)` turns one `SlideResult` into the paper's per-image object; `record_to_result`
 reads it back (the batch runner keeps one record per image and rebuilds every aggregate file from
-them). `results_document` wraps records into the file `results.json`; `validate` checks a document
-against the JSON Schema shipped in the package.
+them). `results_document` wraps records into the file `results.json`, `document_records` takes them
+out again; `validate` checks a document against the JSON Schema shipped in the package.
 """
 
 from __future__ import annotations
@@ -19,11 +31,11 @@ import numpy as np
 from bloodsmear.errors import InputError
 from bloodsmear.io import write_json_atomic
 from bloodsmear.settings import PACKAGE_DIR
-from bloodsmear.types import Cell, SlideResult
+from bloodsmear.types import CELL_RESULT_KEYS, Cell, SlideResult
 
 SCHEMA_PATH = PACKAGE_DIR / "schemas" / "results.schema.json"
 FORMAT = "bloodsmear-results"
-VERSION = 1
+VERSION = 2  # 1: {"format", "version", "pipeline", "images": [{..., "cells": [...]}]}
 _NDIGITS = 2  # coordinates rounded to 1/100 pixel
 
 
@@ -32,7 +44,7 @@ def _num(v: Any) -> float | None:
 
 
 def cell_record(cell: Cell) -> dict:
-    """One predicted cell as the paper's cell object."""
+    """One predicted cell as the paper's mask object (plus both stages, area and review flag)."""
     a = cell.attributes
     x1, y1, x2, y2 = cell.box if cell.box is not None else (0.0, 0.0, 0.0, 0.0)
     poly = cell.polygon if cell.polygon is not None else np.zeros((0, 2))
@@ -63,23 +75,30 @@ def image_record(result: SlideResult) -> dict:
         "rbc_diameter_px": _num(result.rbc_diameter_px),
         "scale_source": result.meta.get("scale_source"),
         "timings_s": {k: round(float(v), 5) for k, v in result.timings.items()},
-        "cells": [cell_record(c) for c in result.cells],
+        "masks": [cell_record(c) for c in result.cells],
     }
 
 
+def _vertices(v: Any) -> np.ndarray:
+    """[[x, y], ...] (or a flat [x1, y1, x2, y2, ...]) as an (N, 2) float array."""
+    return np.asarray(v if v is not None else [], dtype=float).reshape(-1, 2)
+
+
 def record_to_result(rec: dict) -> SlideResult:
-    """Inverse of `image_record` (masks are not stored; polygons are)."""
+    """Inverse of `image_record` (pixel masks are not stored; polygons are). A record of the paper's own
+    tool (class_name, score, bounding_box, vertices only) reads too: the screening stage is taken to be
+    the final class, and the fields it lacks are None."""
     cells = []
-    for c in rec.get("cells", []):
+    for c in rec.get("masks", []):
         bb = c["bounding_box"]
-        cells.append(Cell(
-            label=c["class_name"],
-            polygon=np.asarray(c["vertices"], dtype=float).reshape(-1, 2),
-            box=(bb["x1"], bb["y1"], bb["x2"], bb["y2"]),
-            score=c["score"],
-            attributes={k: c.get(k) for k in ("detection_score", "screening_label", "screening_score",
-                                              "refined_label", "refined_score", "review")},
-        ))
+        score = None if c.get("score") is None else float(c["score"])
+        attributes = {k: c.get(k) for k in CELL_RESULT_KEYS}
+        attributes["screening_label"] = attributes["screening_label"] or c["class_name"]
+        attributes["screening_score"] = score if attributes["screening_score"] is None else attributes["screening_score"]
+        attributes["review"] = bool(attributes["review"])
+        poly = _vertices(c.get("vertices"))
+        cells.append(Cell(label=c["class_name"], polygon=poly if len(poly) else None,
+                          box=(bb["x1"], bb["y1"], bb["x2"], bb["y2"]), score=score, attributes=attributes))
     return SlideResult(
         name=rec["filename"], width=int(rec["width"]), height=int(rec["height"]), cells=cells,
         scale=float(rec.get("scale") or 1.0), rbc_diameter_px=rec.get("rbc_diameter_px"),
@@ -88,13 +107,20 @@ def record_to_result(rec: dict) -> SlideResult:
     )
 
 
-def results_document(records: Iterable[dict], pipeline: dict | None = None) -> dict:
-    """The whole `results.json` object."""
-    doc: dict = {"format": FORMAT, "version": VERSION}
+def results_document(records: Iterable[dict], pipeline: dict | None = None, *, run: dict | None = None) -> dict:
+    """The whole `results.json` object: the paper's {"data": {"0": record, ...}} and, beside it, "run":
+    format, version, the pipeline's description and any other run metadata (`run`, e.g. its identity)."""
+    meta: dict = {"format": FORMAT, "version": VERSION}
     if pipeline is not None:
-        doc["pipeline"] = pipeline
-    doc["images"] = list(records)
-    return doc
+        meta["pipeline"] = pipeline
+    meta.update(run or {})
+    return {"data": {str(i): rec for i, rec in enumerate(records)}, "run": meta}
+
+
+def document_records(doc: dict) -> list[dict]:
+    """The per-image records of a results document, in the order of their keys ("0", "1", ...)."""
+    data = doc.get("data") or {}
+    return [data[k] for k in sorted(data, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))]
 
 
 @lru_cache(maxsize=1)
@@ -112,20 +138,21 @@ def validate(doc: dict, *, path: str | Path | None = None) -> None:
 
 
 def write_results_json(dest: str | Path, records: Iterable[dict], pipeline: dict | None = None,
-                       *, check: bool = True) -> Path:
+                       *, run: dict | None = None, check: bool = True) -> Path:
     """Write `results.json` atomically (validated against the schema first when `check`)."""
-    doc = results_document(records, pipeline)
+    doc = results_document(records, pipeline, run=run)
     if check:
         validate(doc, path=dest)
     return write_json_atomic(dest, doc, indent=None)
 
 
 def read_results_json(path: str | Path) -> list[SlideResult]:
-    """Read a `results.json` back into `SlideResult`s (validated)."""
+    """Read a `results.json` back into `SlideResult`s (validated): bloodsmear's, or one the paper's own
+    tool wrote."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise InputError(path, f"not a readable JSON file ({e})") from e
     validate(doc, path=path)
-    return [record_to_result(r) for r in doc["images"]]
+    return [record_to_result(r) for r in document_records(doc)]

@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from bloodsmear.classes import OTHER_KINDS, canonical, is_known
 from bloodsmear.errors import BloodsmearError, InputError
+from bloodsmear.geometry import paste_mask, polygon_to_mask
 from bloodsmear.io import read_image, write_image_atomic
+from bloodsmear.preprocess.resize import resize_longer_side, resize_square
 from bloodsmear.types import Cell, Dataset
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ def crop_cell(
         if keep is not None:
             out[~keep] = fill
     if out_size:
-        out = _resize_longer(out, int(out_size))
+        out = resize_longer_side(out, int(out_size))
     return out
 
 
@@ -103,46 +105,16 @@ def _cell_mask(cell: Cell, origin: tuple[int, int], shape: tuple[int, int]) -> n
     """Boolean mask of the cell in crop coordinates (crop top-left at `origin` in the image)."""
     xa, ya = origin
     if cell.polygon is not None and len(cell.polygon) >= 3:
-        m = np.zeros(shape, np.uint8)
-        pts = np.round((np.asarray(cell.polygon, dtype=float) - (xa, ya)) * 16).astype(np.int32)
-        cv2.fillPoly(m, [pts], 1, lineType=cv2.LINE_8, shift=4)
-        return m.astype(bool)
+        return polygon_to_mask(cell.polygon, shape, origin=(xa, ya), subpixel=True)
     if cell.mask is not None:
-        cm = np.asarray(cell.mask, dtype=bool)
         if cell.mask_full:
             ox, oy = 0, 0
         else:
             bx1, by1, _, _ = cell_box(cell)
             ox, oy = int(round(bx1)), int(round(by1))
-        m = np.zeros(shape, bool)
-        # place cm (at image offset ox, oy) into the crop (at image offset xa, ya)
-        sy0, sx0 = max(0, ya - oy), max(0, xa - ox)
-        dy0, dx0 = max(0, oy - ya), max(0, ox - xa)
-        hh = min(cm.shape[0] - sy0, shape[0] - dy0)
-        ww = min(cm.shape[1] - sx0, shape[1] - dx0)
-        if hh > 0 and ww > 0:
-            m[dy0 : dy0 + hh, dx0 : dx0 + ww] = cm[sy0 : sy0 + hh, sx0 : sx0 + ww]
-        return m
+        # the mask sits at image offset (ox, oy), the crop at (xa, ya)
+        return paste_mask(cell.mask, (ox - xa, oy - ya), shape)
     return None
-
-
-def _resize_longer(img: np.ndarray, size: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if max(h, w) == size and h == w:
-        return img
-    scale = size / max(h, w)
-    nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(img, (nw, nh), interpolation=interp)
-
-
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize to size x size (area interpolation when shrinking)."""
-    h, w = img.shape[:2]
-    if h == size and w == size:
-        return img
-    interp = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
 
 
 # --------------------------------------------------------------------------------------------------

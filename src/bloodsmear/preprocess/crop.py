@@ -143,15 +143,6 @@ def crop_box(rgb: np.ndarray, method: str = "fast") -> CropResult:
     raise ValueError(f"unknown crop method {method!r} (valid: {', '.join(METHODS)})")
 
 
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 # --------------------------------------------------------------------------------------------------
 # the paper's pipeline, step by step
 

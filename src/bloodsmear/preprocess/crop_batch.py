@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.io import list_images, read_image, write_image_atomic
-from bloodsmear.preprocess.cells import resize_square
-from bloodsmear.preprocess.crop import METHODS, box_iou, crop, crop_box, fast_crop, paper_crop
+from bloodsmear.geometry import box_iou
+from bloodsmear.preprocess.crop import METHODS, crop, crop_box, fast_crop, paper_crop
+from bloodsmear.preprocess.resize import resize_square
 
 log = logging.getLogger(__name__)
 

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
+
+from bloodsmear.preprocess.resize import resize_square
+
+#: ImageNet's per-channel RGB mean and standard deviation (0..1), the default normalisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def fit_image(img: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
     """Centre square of `crop_fraction` x the short side, resized to (size, size); a new uint8 array.
 
-    Area interpolation when shrinking, bilinear when enlarging. The input is not modified.
+    Area interpolation when shrinking, bilinear when enlarging (`resize_square`). The input is not modified.
     """
     h, w = img.shape[:2]
     side = max(1, int(round(min(h, w) * crop_fraction)))
     y0, x0 = (h - side) // 2, (w - side) // 2
     sq = img[y0:y0 + side, x0:x0 + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(sq, (size, size), interpolation=interp)
+    out = resize_square(sq, size)
+    return out.copy() if out is sq else out
 
 
 def normalizer(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,3 +5,4 @@ Importing the package registers every built-in objective (timm-style: one regist
 """
 
 from bloodsmear.training import dann_objective as _dann_objective  # noqa: F401 - registers "dann"
+from bloodsmear.training import seg_objectives as _seg_objectives  # noqa: F401 - registers "segmentation", "maskrcnn"

@@ -3,14 +3,15 @@
     stats = train_one_epoch(model, objective, train_loader, optimizer, scheduler=sched, epoch=3)
     result = evaluate(model, val_loader, classes)        # EvalResult: report, loss, probs, y_true
 
-The objective decides what a step computes (supervised cross-entropy, DANN, ...); a second
+The objective decides what a step computes (supervised cross-entropy, DANN, the fast U-Net's
+segmentation loss, Mask R-CNN's loss dict: `training.seg_objectives`); batches are tuples whose first
+item is a tensor batch or a list of images (detection), moved to `device` with `to_device`; a second
 `target_loader` (cycled) is passed to it batch by batch when given. `scheduler` is stepped once per
 optimizer step (OneCycle/cosine-by-step); epoch-level schedulers are the caller's business.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -54,14 +55,22 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
 
 def to_device(batch, device: torch.device | None):
-    """A batch (tensor, or tuple/list of tensors) moved to `device` (unchanged when None or already there)."""
+    """A batch (tensor, or tuple/list/dict of them, nested) moved to `device` (unchanged when None)."""
     if device is None or batch is None:
         return batch
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+def batch_size(batch) -> int:
+    """Samples in a batch: the first tensor's length, or the length of a list of images (detection)."""
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) else len(first)
 
 
 def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: torch.optim.Optimizer, *,
@@ -98,7 +107,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: t
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        bs = int(batch[0].shape[0])
+        bs = batch_size(batch)
         n_seen += bs
         for k, v in out.logs.items():
             sums[k] = sums.get(k, 0.0) + float(v) * bs
@@ -144,9 +153,5 @@ def evaluate(model: nn.Module, loader, classes: Sequence[str], *, progress: bool
                       y_pred=pred)
 
 
-def take(loader, n_batches: int):
-    """The first n batches of a loader (smoke tests, timing)."""
-    return list(itertools.islice(iter(loader), n_batches))
-
-
-__all__ = ["train_one_epoch", "evaluate", "predict", "EvalResult", "take", "resolve_device", "to_device"]
+__all__ = ["train_one_epoch", "evaluate", "predict", "EvalResult", "resolve_device", "to_device",
+           "batch_size"]

@@ -27,13 +27,10 @@ from bloodsmear.errors import InputError
 from bloodsmear.io import atomic_path, read_image
 from bloodsmear.preprocess.augment import get_augment
 from bloodsmear.preprocess.transforms import fit_image, normalizer, to_float
+from bloodsmear.settings import cache_dir as settings_cache_dir
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BLOODSMEAR_CACHE", Path.home() / ".cache" / "bloodsmear")) / "arrays"
 
 
 def _cache_key(paths: Sequence[Path], size: int, crop_fraction: float) -> str:
@@ -70,7 +67,7 @@ def load_arrays(paths: Sequence[str | Path], size: int, crop_fraction: float = 1
                 cache_dir: str | Path | None = None, progress: bool = True) -> np.ndarray:
     """All images as one (N, size, size, 3) uint8 array, from the cache when present."""
     paths = [Path(p) for p in paths]
-    cdir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cdir = Path(cache_dir) if cache_dir else settings_cache_dir("arrays")
     cfile = cdir / f"img_{_cache_key(paths, size, crop_fraction)}_{len(paths)}_{size}.npy"
     if cfile.is_file():
         arr = np.load(cfile, mmap_mode=None)
@@ -145,4 +142,4 @@ class ArrayLoader:
             yield x, y
 
 
-__all__ = ["decode_images", "load_arrays", "ArrayLoader", "default_cache_dir"]
+__all__ = ["decode_images", "load_arrays", "ArrayLoader"]

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from bloodsmear.data import load_dataset
 from bloodsmear.io import atomic_path, read_image
+from bloodsmear.preprocess.resize import resize_by
 from bloodsmear.settings import data_path
 from bloodsmear.training.seg_masks import whole_cell_mask
 from bloodsmear.types import AnnotatedImage, Cell
@@ -129,14 +130,6 @@ def bccd_split(root: str | Path | None, split: str) -> tuple[list[AnnotatedImage
     return [im for im in ds.images if im.path.stem in keep], float(np.median(sizes))
 
 
-def resize_rgb(rgb: np.ndarray, factor: float) -> np.ndarray:
-    if abs(factor - 1.0) < 1e-6:
-        return rgb
-    h, w = rgb.shape[:2]
-    size = (max(1, int(round(w * factor))), max(1, int(round(h * factor))))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-
-
 def _field_target(im: AnnotatedImage, shape: tuple[int, int], factor: float) -> dict[str, np.ndarray]:
     h, w = shape
     boxes, masks = [], []
@@ -158,7 +151,7 @@ class FieldDataset(torch.utils.data.Dataset):
             rgb = read_image(im.path)
             cache = None if cache_dir is None else Path(cache_dir) / f"{im.path.stem}.npz"
             gt = with_wbc_masks(im, rgb, masks, b_minus_r=b_minus_r, cache=cache)
-            small = resize_rgb(rgb, factor)
+            small = resize_by(rgb, factor)
             self.items.append((small, _field_target(gt, small.shape[:2], factor)))
             self.gts.append(gt)
         self.factor = factor
@@ -237,7 +230,7 @@ class RandomScale:
         if self.jitter <= 0:
             return img, t
         s = random.uniform(1 - self.jitter, 1 + self.jitter)
-        img = resize_rgb(img, s)
+        img = resize_by(img, s)
         h, w = img.shape[:2]
         t["masks"] = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in t["masks"]]) \
             if len(t["masks"]) else np.zeros((0, h, w), np.uint8)

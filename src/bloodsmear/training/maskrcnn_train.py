@@ -5,62 +5,66 @@
   from `bloodsmear.training.seg_masks`). Fields are resized
   to the working scale (`rbc_diameter_px` / BCCD's median red-cell box size).
 - Transforms take `(image, target)` together; category ids start at 1 (1 = wbc).
-- Engine: `train_one_epoch` / `evaluate`; `train_maskrcnn(config_path)` runs "heads first, then all"
-  as in the paper (SGD lr 0.001, momentum 0.9; the pretrained MobileNetV2 body frozen for the first
-  `epochs_heads` epochs), checkpoints every epoch (resumable), keeps the best epoch by validation box AP
-  and exports a model folder (`bloodsmear.models.maskrcnn`).
+- Training runs through the one engine (`engine.train_one_epoch` with the "maskrcnn" objective: the sum
+  of torchvision's loss dict); `train_maskrcnn(config_path)` runs "heads first, then all" as in the paper
+  (SGD lr 0.001, momentum 0.9; the pretrained MobileNetV2 body frozen for the first `epochs_heads`
+  epochs; linear warm-up with torch's LinearLR), checkpoints every epoch (`training.checkpoint`,
+  resumable), keeps the best epoch by validation box AP and exports a model folder
+  (`bloodsmear.models.maskrcnn`). `evaluate` scores a model on working-scale fields.
 - `evaluate_model_folder`: a saved model on a BCCD split in ORIGINAL pixels (box / mask AP, P/R/F1,
   counting error, nucleus-mask coverage, ms per field).
 
-Run: ``python -m bloodsmear.training.maskrcnn_train train configs/segmenter/maskrcnn.yaml`` and
-``python -m bloodsmear.training.maskrcnn_train eval MODEL_DIR --split test --threads 2``.
+Run: ``bloodsmear segment train configs/segmenter/maskrcnn.yaml`` (``segment export`` after a stopped
+training, ``segment eval MODEL --split test --threads 2``, ``segment card MODEL``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
+from pydantic import Field
 from tqdm import tqdm
 
-from bloodsmear.cli.common import emit_json, setup_logging
-from bloodsmear.io import atomic_path, read_image, write_json_atomic, write_text_atomic
+from bloodsmear.config import StrictConfig, load_config
+from bloodsmear.io import atomic_path, read_image, write_json_atomic
 from bloodsmear.metrics.detection import DetectionReport, coco_ap, evaluate_detection
 from bloodsmear.models.maskrcnn import (
     MaskRCNNConfig,
     backbone_parameters,
     build_maskrcnn,
     detections_to_cells,
-    load_maskrcnn,
     save_maskrcnn,
     set_score_threshold,
 )
+from bloodsmear.models.segmenter_base import load_segmenter
+from bloodsmear.preprocess.resize import resize_by
+from bloodsmear.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from bloodsmear.training.engine import train_one_epoch
 from bloodsmear.training.maskrcnn_data import (
     MASK_RECIPES,
     FieldDataset,
     bccd_split,
     collate,
-    resize_rgb,
     to_tensors,
     train_transforms,
     with_wbc_masks,
 )
+from bloodsmear.training.objectives import build_objective
 from bloodsmear.types import AnnotatedImage, Cell
 
-log = logging.getLogger("bloodsmear.training.maskrcnn_train")  # also under `python -m`
+log = logging.getLogger(__name__)
+RESUMABLE_KEYS = ("max_minutes", "threads", "resume", "export_dir", "epochs_all", "out_dir")  # may change
 
-@dataclass
-class MaskRCNNTrainConfig:
+
+class MaskRCNNTrainConfig(StrictConfig):
+    kind: Literal["maskrcnn"] = "maskrcnn"
     name: str = "wbc-maskrcnn"
     out_dir: str = "runs/maskrcnn"
     data: str | None = None  # BCCD root (VOC layout); default: <data_root>/bccd
@@ -86,53 +90,37 @@ class MaskRCNNTrainConfig:
     mask_b_minus_r: float = 5.0
     pretrained_backbone: bool = True
     resume: bool = True
-    model: dict[str, Any] = field(default_factory=dict)  # overrides of MaskRCNNConfig
+    model: dict[str, Any] = Field(default_factory=dict)  # overrides of MaskRCNNConfig
     export_dir: str | None = None  # default: <out_dir>/model
     limit_fields: int | None = None  # use only the first N fields of each split (smoke runs)
     val_limit: int | None = None  # validate (model selection) on the first N val fields only
 
     @classmethod
-    def load(cls, path: str | Path) -> "MaskRCNNTrainConfig":
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{path}: unknown Mask R-CNN training keys {unknown}")
-        return cls(**d)
+    def load(cls, path: str | Path, overrides: dict | list[str] | None = None) -> "MaskRCNNTrainConfig":
+        cfg = load_config(cls, path, overrides)
+        MaskRCNNConfig.from_dict(cfg.model, source=f"{path}: model")  # a misspelt model key fails here
+        return cfg
+
+    def segmenter_config(self) -> MaskRCNNConfig:
+        """The model's config: MaskRCNNConfig defaults, the `model` overrides, the working scale."""
+        return MaskRCNNConfig.from_dict({**self.model, "rbc_diameter_px": self.rbc_diameter_px})
 
 
 # --------------------------------------------------------------------------- engine
 
 
-def train_one_epoch(model, optimizer, loader, device, epoch: int, *, warmup_iters: int = 0,
-                    base_lr: float | None = None, global_step: int = 0) -> dict[str, float]:
-    """One pass over `loader`; returns the mean of each loss term (and "loss")."""
-    model.train()
-    sums: dict[str, float] = {}
-    n = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, mininterval=5)
-    for images, targets in bar:
-        step = global_step + n
-        if base_lr is not None and warmup_iters and step < warmup_iters:
-            for g in optimizer.param_groups:
-                g["lr"] = base_lr * (0.1 + 0.9 * step / warmup_iters)
-        images = [im.to(device) for im in images]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {n}: {losses}")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        sums["loss"] = sums.get("loss", 0.0) + loss.item()
-        n += 1
-        bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
-    if base_lr is not None:
-        for g in optimizer.param_groups:
-            g["lr"] = base_lr
-    return {k: v / max(1, n) for k, v in sums.items()}
+def build_maskrcnn_scheduler(optimizer: torch.optim.Optimizer, cfg: MaskRCNNTrainConfig, steps_per_epoch: int):
+    """Per-step LR of the optimizer built at `lr`: linear warm-up from 0.1 x over `warmup_iters` steps,
+    then `lr_all` from the first "all" epoch on (torch LinearLR / MultiStepLR in a SequentialLR)."""
+    sch = torch.optim.lr_scheduler
+    heads_steps = cfg.epochs_heads * steps_per_epoch
+    warm = max(0, cfg.warmup_iters)
+    switch = sch.MultiStepLR(optimizer, milestones=[max(1, heads_steps - warm)] if heads_steps else [],
+                             gamma=cfg.lr_all / cfg.lr)
+    if not warm:
+        return switch
+    linear = sch.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warm)
+    return sch.SequentialLR(optimizer, [linear, switch], milestones=[warm])
 
 
 @torch.inference_mode()
@@ -173,56 +161,77 @@ def _set_phase(model, phase: str) -> None:
         p.requires_grad_(phase == "all")
 
 
-def train_maskrcnn(config_path: str | Path) -> Path:
+def train_maskrcnn(config_path: str | Path | MaskRCNNTrainConfig) -> Path:
     """Train per the YAML config; returns the exported model folder. Resumes from <out_dir>/checkpoint.pt."""
-    cfg = MaskRCNNTrainConfig.load(config_path)
+    cfg = config_path if isinstance(config_path, MaskRCNNTrainConfig) else MaskRCNNTrainConfig.load(config_path)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(out / "train.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("bloodsmear").addHandler(fh)
-    logging.getLogger("bloodsmear").setLevel(logging.INFO)
+    root_log = logging.getLogger("bloodsmear")
+    root_log.addHandler(fh)
+    root_log.setLevel(logging.INFO)
+    try:
+        t0 = time.time()
+        train_ims, val_ims, rbc_px = _splits(cfg)
+        factor = cfg.rbc_diameter_px / rbc_px
+        log.info("BCCD median RBC %.1f px -> working-scale factor %.3f; %d train, %d val fields",
+                 rbc_px, factor, len(train_ims), len(val_ims))
+        kw = {"masks": cfg.masks, "b_minus_r": cfg.mask_b_minus_r}
+        cache = out / "mask_cache" / f"{cfg.masks}-{cfg.mask_b_minus_r:g}"
+        aug = train_transforms(cfg.hflip, cfg.vflip, cfg.scale_jitter, cfg.color_jitter)
+        train_ds = FieldDataset(train_ims, factor, aug, cache_dir=cache, **kw)
+        val_ds = FieldDataset(val_ims, factor, None, cache_dir=cache, **kw)
+        model, mcfg, history, best = fit_maskrcnn(cfg, train_ds, val_ds)
+        export = export_best(cfg, model, mcfg, history, best)
+        log.info("exported %s (best epoch %d) in %.1f min", export, best["epoch"], (time.time() - t0) / 60)
+        return export
+    finally:
+        root_log.removeHandler(fh)
+        fh.close()
+
+
+def fit_maskrcnn(cfg: MaskRCNNTrainConfig, train_ds, val_ds: FieldDataset, *, progress: bool = False):
+    """The epoch loop on ready datasets: (model with the last epoch's weights, its config, history, best).
+
+    OUT/best.pt holds the best epoch's weights (validation box AP); OUT/checkpoint.pt the whole state after
+    every epoch (resumed when `cfg.resume`; refused when written for another config)."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-
-    train_ims, val_ims, rbc_px = _splits(cfg)
-    factor = cfg.rbc_diameter_px / rbc_px
-    log.info("BCCD median RBC %.1f px -> working-scale factor %.3f; %d train, %d val fields",
-             rbc_px, factor, len(train_ims), len(val_ims))
-    kw = {"masks": cfg.masks, "b_minus_r": cfg.mask_b_minus_r}
-    cache = out / "mask_cache" / f"{cfg.masks}-{cfg.mask_b_minus_r:g}"
-    aug = train_transforms(cfg.hflip, cfg.vflip, cfg.scale_jitter, cfg.color_jitter)
-    train_ds = FieldDataset(train_ims, factor, aug, cache_dir=cache, **kw)
-    val_ds = FieldDataset(val_ims, factor, None, cache_dir=cache, **kw)
     g = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
                                          generator=g, num_workers=0)
-
-    mcfg = MaskRCNNConfig.from_dict({**asdict(MaskRCNNConfig()), **cfg.model, "rbc_diameter_px": cfg.rbc_diameter_px})
+    mcfg = cfg.segmenter_config()
     model = build_maskrcnn(mcfg, pretrained_backbone=cfg.pretrained_backbone)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    objective = build_objective("maskrcnn")
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr if cfg.epochs_heads else cfg.lr_all,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = build_maskrcnn_scheduler(optimizer, cfg, len(loader))
     history: list[dict] = []
     best = {"epoch": -1, "box_ap": -1.0}
     start = 0
     ckpt_path = out / "checkpoint.pt"
-    if cfg.resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        history, best, start = ck["history"], ck["best"], ck["epoch"] + 1
-        log.info("resumed from %s after epoch %d", ckpt_path, ck["epoch"])
+    ck = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, objective=objective,
+                         config=cfg.to_dict(), ignore=RESUMABLE_KEYS) if cfg.resume else None
+    if ck is not None:
+        history, best, start = ck.extra["history"], ck.extra["best"], ck.epoch
+        g.set_state(ck.extra["loader_rng"])
+        log.info("resumed from %s after epoch %d", ckpt_path, start - 1)
 
     total = cfg.epochs_heads + cfg.epochs_all
     for epoch in range(start, total):
         phase = "heads" if epoch < cfg.epochs_heads else "all"
         _set_phase(model, phase)
-        lr = cfg.lr if phase == "heads" else cfg.lr_all
         te = time.time()
-        losses = train_one_epoch(model, optimizer, loader, "cpu", epoch, warmup_iters=cfg.warmup_iters,
-                                 base_lr=lr, global_step=epoch * len(loader))
+        logs = train_one_epoch(model, objective, loader, optimizer, scheduler=scheduler, epoch=epoch,
+                               progress=progress)
+        lr = cfg.lr if phase == "heads" else cfg.lr_all
+        losses = {k: v for k, v in logs.items() if k != "lr"}
         rep = evaluate(model, val_ds, mcfg)
         row = {"epoch": epoch, "phase": phase, "lr": lr, "masks": cfg.masks, **losses, "val": rep.figures(),
                "seconds": round(time.time() - te, 1)}
@@ -233,17 +242,14 @@ def train_maskrcnn(config_path: str | Path) -> Path:
             best = {"epoch": epoch, "box_ap": rep.box.ap, "val": rep.figures()}
             with atomic_path(out / "best.pt") as tmp:
                 torch.save(model.state_dict(), tmp)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                        "history": history, "best": best, "config": asdict(cfg)}, tmp)
+        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, objective=objective,
+                        epoch=epoch + 1, iteration=(epoch + 1) * len(loader), config=cfg.to_dict(),
+                        ignore=RESUMABLE_KEYS, extra={"history": history, "best": best, "loader_rng": g.get_state()})
         write_json_atomic(out / "history.json", history)
         if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes and epoch + 1 < total:
             log.warning("stopping after epoch %d: past max_minutes=%s (resume to continue)", epoch, cfg.max_minutes)
             break
-
-    export = export_best(cfg, model, mcfg, history, best)
-    log.info("exported %s (best epoch %d) in %.1f min", export, best["epoch"], (time.time() - t0) / 60)
-    return export
+    return model, mcfg, history, best
 
 
 def _splits(cfg: MaskRCNNTrainConfig) -> tuple[list[AnnotatedImage], list[AnnotatedImage], float]:
@@ -262,16 +268,16 @@ def export_best(cfg: MaskRCNNTrainConfig, model=None, mcfg: MaskRCNNConfig | Non
     given): also what to run after stopping a training early."""
     out = Path(cfg.out_dir)
     if history is None or best is None:
-        ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        ck = read_checkpoint(out / "checkpoint.pt")
         history, best = ck["history"], ck["best"]
     if mcfg is None:
-        mcfg = MaskRCNNConfig.from_dict({**asdict(MaskRCNNConfig()), **cfg.model, "rbc_diameter_px": cfg.rbc_diameter_px})
+        mcfg = cfg.segmenter_config()
     if model is None:
         model = build_maskrcnn(mcfg)
     model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
     train_ims, val_ims, rbc_px = _splits(cfg)
     mcfg.trained_with = {
-        "config": asdict(cfg), "data": "BCCD (VOC) official split", "train_split": cfg.train_split,
+        "config": cfg.to_dict(), "data": "BCCD (VOC) official split", "train_split": cfg.train_split,
         "val_split": cfg.val_split, "n_train_fields": len(train_ims), "n_val_fields": len(val_ims),
         "bccd_rbc_diameter_px": rbc_px, "scale_factor": cfg.rbc_diameter_px / rbc_px,
         "masks": MASK_RECIPES[cfg.masks].format(t=cfg.mask_b_minus_r), "best_epoch": best["epoch"],
@@ -301,7 +307,7 @@ def evaluate_model_folder(folder: str | Path, *, data: str | Path | None = None,
     Ground truth: BCCD WBC boxes with whole-cell masks made by `masks` (MASK_RECIPES); predictions' masks are their
     polygons mapped back; nucleus coverage uses BCCD's nucleus_masks."""
     torch.set_num_threads(threads)
-    seg = load_maskrcnn(folder)
+    seg = load_segmenter(folder)  # a model folder or a shipped name; Mask R-CNN or fast U-Net
     ims, rbc_px = bccd_split(data, split)
     ims = ims[:limit] if limit else ims
     factor = seg.rbc_diameter_px / rbc_px
@@ -313,7 +319,7 @@ def evaluate_model_folder(folder: str | Path, *, data: str | Path | None = None,
         cache = None if cache_dir is None else Path(cache_dir) / f"{im.path.stem}.npz"
         gts.append(with_wbc_masks(im, rgb, masks, cache=cache))
         t = time.perf_counter()
-        cells = [_to_original(c, factor) for c in seg.predict(resize_rgb(rgb, factor))]
+        cells = [_to_original(c, factor) for c in seg.predict(resize_by(rgb, factor))]
         ms.append(1000 * (time.perf_counter() - t))
         preds_all.append(AnnotatedImage(path=im.path, width=im.width, height=im.height, cells=cells))
     seg.score_threshold = thr
@@ -321,7 +327,7 @@ def evaluate_model_folder(folder: str | Path, *, data: str | Path | None = None,
     # timing at the shipped threshold (masks only for kept boxes)
     ms_thr = []
     for im in ims[: min(len(ims), 20)]:
-        small = resize_rgb(read_image(im.path), factor)
+        small = resize_by(read_image(im.path), factor)
         t = time.perf_counter()
         seg.predict(small)
         ms_thr.append(1000 * (time.perf_counter() - t))
@@ -386,53 +392,3 @@ def render_card(folder: str | Path, test: dict | None = None, *, commands: dict[
     if notes:
         lines += [notes, ""]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bloodsmear.training.maskrcnn_train")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("config")
-    x = sub.add_parser("export", help="write the model folder from best.pt of a stopped training")
-    x.add_argument("config")
-    x.add_argument("--to", default=None, help="model folder (default: the config's export_dir)")
-    e = sub.add_parser("eval")
-    e.add_argument("model")
-    e.add_argument("--split", default="test")
-    e.add_argument("--threads", type=int, default=2)
-    e.add_argument("--data", default=None)
-    e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--masks", default="classical", choices=sorted(MASK_RECIPES))
-    e.add_argument("--cache-dir", default=None, help="cache of the GT masks (.npz per field)")
-    e.add_argument("--out", default=None, help="also write the figures JSON here")
-    c = sub.add_parser("card")
-    c.add_argument("model")
-    c.add_argument("--test-json", default=None, help="figures written by `eval --out`")
-    c.add_argument("--notes", default="", help="a markdown file appended to the card")
-    a = ap.parse_args(argv)
-
-    setup_logging()
-    if a.cmd == "train":
-        emit_json({"model": str(train_maskrcnn(a.config))})
-    elif a.cmd == "export":
-        cfg = MaskRCNNTrainConfig.load(a.config)
-        if a.to:
-            cfg.export_dir = a.to
-        emit_json({"model": str(export_best(cfg))})
-    elif a.cmd == "card":
-        test = json.loads(Path(a.test_json).read_text()) if a.test_json else None
-        notes = Path(a.notes).read_text() if a.notes else ""
-        cmds = {"train": "python -m bloodsmear.training.maskrcnn_train train configs/segmenter/maskrcnn.yaml",
-                "test": f"python -m bloodsmear.training.maskrcnn_train eval {a.model} --split test --threads 2"}
-        write_text_atomic(Path(a.model) / "card.md", render_card(a.model, test, commands=cmds, notes=notes))
-        emit_json({"card": str(Path(a.model) / "card.md")})
-    else:
-        res = evaluate_model_folder(a.model, data=a.data, split=a.split, threads=a.threads, limit=a.limit,
-                                    masks=a.masks, cache_dir=a.cache_dir)
-        if a.out:
-            write_json_atomic(a.out, res)
-        emit_json({k: v for k, v in res.items() if k != "report"})
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -15,7 +15,7 @@ import numpy as np
 from bloodsmear.classes import canonical
 from bloodsmear.config import TrainConfig, resolve_dataset_path
 from bloodsmear.data import load_dataset
-from bloodsmear.data.splits import load_manifest, make_split
+from bloodsmear.data.splits import load_manifest, make_split, per_class_sample
 from bloodsmear.errors import InputError
 from bloodsmear.training.loaders import load_arrays
 
@@ -40,20 +40,6 @@ class PreparedData:
         for s, y in (("train", self.train_y), ("val", self.val_y), ("test", self.test_y)):
             out[s] = {c: int((y == i).sum()) for i, c in enumerate(self.classes)}
         return out
-
-
-def _subsample(items: list, labels: list[str], *, fraction: float, max_per_class: int | None, seed: int) -> list[int]:
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in sorted(set(labels)):
-        idx = [i for i, lab in enumerate(labels) if lab == c]
-        n = len(idx)
-        if fraction < 1.0:
-            n = max(1, int(round(n * fraction)))
-        if max_per_class is not None:
-            n = min(n, max_per_class)
-        keep.extend(sorted(rng.choice(idx, size=n, replace=False).tolist()) if n < len(idx) else idx)
-    return sorted(keep)
 
 
 def split_examples(cfg: TrainConfig) -> tuple[list[str], Path, object, dict[str, tuple[list[Path], list[str]]]]:
@@ -87,8 +73,8 @@ def split_examples(cfg: TrainConfig) -> tuple[list[str], Path, object, dict[str,
         keep = [i for i, lab in enumerate(labels) if lab in known]
         paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
         if d.subset_fraction < 1.0 or d.max_per_class is not None:
-            keep = _subsample(paths, labels, fraction=d.subset_fraction,
-                              max_per_class=d.max_per_class if s == "train" else None, seed=cfg.seed)
+            keep = per_class_sample(labels, d.max_per_class if s == "train" else None, cfg.seed,
+                                    fraction=d.subset_fraction)
             paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
         per_split[s] = (paths, labels)
     if not per_split["train"][0]:

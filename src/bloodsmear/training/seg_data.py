@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,9 +26,11 @@ import cv2
 import numpy as np
 
 from bloodsmear.data import load_dataset
-from bloodsmear.data.splits import make_split, save_manifest
+from bloodsmear.data.splits import make_split
 from bloodsmear.io import atomic_path, read_image
+from bloodsmear.preprocess.resize import resize_by
 from bloodsmear.preprocess.scale import estimate_rbc_diameter
+from bloodsmear.settings import cache_dir
 from bloodsmear.training.seg_masks import central_wbc, whole_cell_mask
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,7 @@ class SourceStats:
 
 
 def cache_root(cfg: FieldDataConfig) -> Path:
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    env = os.environ.get("BLOODSMEAR_CACHE")
-    return (Path(env) if env else Path.home() / ".cache" / "bloodsmear") / "seg_fields"
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_dir("seg_fields")
 
 
 # ------------------------------------------------------------------ splits
@@ -109,13 +107,6 @@ def dataset_rbc_diameter(paths: list[Path], n: int = 40) -> float:
     ds = [estimate_rbc_diameter(read_image(p)).diameter_px for p in paths[::step]]
     ds = [d for d in ds if np.isfinite(d)]
     return float(np.median(ds))
-
-
-def _resize(img: np.ndarray, f: float, nearest: bool = False) -> np.ndarray:
-    h, w = img.shape[:2]
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-    return cv2.resize(img, size, interpolation=interp)
 
 
 # ------------------------------------------------------------------ sources
@@ -144,7 +135,7 @@ def bccd_fields(data_root: Path, split: str, cfg: FieldDataConfig, stats: Source
                 continue
             k += 1
             lab[m & (lab == 0)] = k
-        out.append(SegField(_resize(rgb, f), _resize(lab, f, nearest=True), "bccd", im.path.stem))
+        out.append(SegField(resize_by(rgb, f, tol=0), resize_by(lab, f, nearest=True, tol=0), "bccd", im.path.stem))
         stats.instances += k
     stats.fields = len(out)
     return out
@@ -165,7 +156,8 @@ def lisc_fields(data_root: Path, split: str, cfg: FieldDataConfig, stats: Source
             stats.skipped.append(f"{im.path}: no WBC found")
             continue
         name = f"{im.path.parent.name}/{im.path.stem}"
-        out.append(SegField(_resize(rgb, f), _resize(m.astype(np.int32), f, nearest=True), "lisc", name))
+        lab = resize_by(m.astype(np.int32), f, nearest=True, tol=0)
+        out.append(SegField(resize_by(rgb, f, tol=0), lab, "lisc", name))
         stats.instances += 1
     stats.fields = len(out)
     return out
@@ -188,7 +180,7 @@ def pbc_cells(data_root: Path, split: str, store_rbc_px: float, limit: int | Non
         ys, xs = np.nonzero(m)
         y1, y2, x1, x2 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         crop, mk = rgb[y1:y2, x1:x2], m[y1:y2, x1:x2]
-        cells.append((_resize(crop, f), _resize(mk.astype(np.uint8), f, nearest=True) > 0, im.label))
+        cells.append((resize_by(crop, f, tol=0), resize_by(mk.astype(np.uint8), f, nearest=True, tol=0) > 0, im.label))
     log.info("PBC %s: %d cells cut out of %s (RBC %.1f px)", split, len(cells), root, rbc)
     return cells, rbc
 
@@ -300,13 +292,6 @@ def build_field_dataset(data_root: str | Path, split: str, cfg: FieldDataConfig 
     return fields, all_stats
 
 
-def save_split_manifests(data_root: str | Path, folder: str | Path) -> list[Path]:
-    """Write the LISC and PBC split manifests the fields were built from (BCCD: its official split)."""
-    out = []
-    for name, fmt in (("lisc", "lisc"), ("pbc-original-sample", "pbc")):
-        _, m = manifest_images(Path(data_root), name, fmt, "train")
-        out.append(save_manifest(m, Path(folder) / f"split_{name}.json"))
-    return out
 
 
 @dataclass

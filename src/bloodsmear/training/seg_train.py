@@ -1,7 +1,8 @@
 """Training of the fast WBC segmenter (`bloodsmear.models.segmenter`): time-budgeted, checkpointed,
-resumable. `train_segmenter("configs/segmenter/fast.yaml")` builds the fields (seg_data), trains on
-random crops at random working scales, keeps the best model on the validation split and writes the
-model folder.
+resumable (`bloodsmear segment train configs/segmenter/fast.yaml`). `train_segmenter(config)` builds
+the fields (seg_data), trains on random crops at random working scales through the one engine
+(`engine.train_one_epoch` with the "segmentation" objective, stock torch LR schedulers, checkpoints
+of `training.checkpoint`), keeps the best model on the validation split and writes the model folder.
 
 Targets per crop: foreground = any WBC instance; centredness = per instance distance to its border
 divided by its maximum (computed on a margin-padded window so cells cut by the crop keep their true
@@ -10,35 +11,41 @@ centre). Scale augmentation: red cells log-uniform in [scale_min, scale_max] x t
 
 from __future__ import annotations
 
-import argparse
 import logging
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
-import yaml
+from pydantic import Field
 from scipy import ndimage as ndi
-from torch import nn
 
-from bloodsmear.cli.common import setup_logging
+from bloodsmear.config import StrictConfig, load_config
 from bloodsmear.errors import InputError
-from bloodsmear.io import atomic_path, write_json_atomic
+from bloodsmear.geometry import box_iou_matrix
+from bloodsmear.io import write_json_atomic
 from bloodsmear.models.segmenter import FastSegConfig, FastSegmenter, build_net, normalise
 from bloodsmear.settings import data_root as default_root
+from bloodsmear.training.checkpoint import load_checkpoint, save_checkpoint
+from bloodsmear.training.engine import train_one_epoch
+from bloodsmear.training.objectives import build_objective
 from bloodsmear.training.seg_data import FieldDataConfig, SegField, build_field_dataset
+from bloodsmear.training.seg_objectives import seg_loss  # noqa: F401 - the loss lives with its objective
 
 log = logging.getLogger(__name__)
+RESUMABLE_KEYS = ("budget_minutes", "max_wall_minutes", "threads", "out_dir")  # may change when resuming
 
 
-@dataclass
-class SegTrainConfig:
+class SegTrainConfig(StrictConfig):
+    kind: Literal["fast-unet"] = "fast-unet"
     out_dir: str = "runs/wbc-seg-fast"
     data_root: str | None = None
-    data: dict = field(default_factory=dict)  # FieldDataConfig fields
-    model: dict = field(default_factory=dict)  # FastSegConfig fields
+    data: dict = Field(default_factory=dict)  # FieldDataConfig fields
+    model: FastSegConfig = Field(default_factory=FastSegConfig)
     crop: int = 128
     batch_size: int = 16
     lr: float = 2e-3
@@ -49,20 +56,24 @@ class SegTrainConfig:
     threads: int = 2
     scale_min: float = 0.6
     scale_max: float = 1.7
-    source_weights: dict = field(default_factory=lambda: {"bccd": 1.0, "lisc": 1.0, "composite": 1.0})
+    source_weights: dict[str, float] = Field(default_factory=lambda: {"bccd": 1.0, "lisc": 1.0, "composite": 1.0})
     val_every: int = 250
     val_per_source: int | None = None  # validate on at most this many fields per source (speed)
-    ckpt_every: int = 100
+    ckpt_every: int = 100  # budgets are checked after every gcd(val_every, ckpt_every) iterations
     seed: int = 0
 
     @classmethod
-    def load(cls, path: str | Path) -> "SegTrainConfig":
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
+    def load(cls, path: str | Path, overrides: dict | list[str] | None = None) -> "SegTrainConfig":
+        cfg = load_config(cls, path, overrides)
+        known = sorted(f.name for f in fields(FieldDataConfig))
+        unknown = sorted(set(cfg.data) - set(known))
         if unknown:
-            raise InputError(path, f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+            raise InputError(path, f"unknown key 'data.{unknown[0]}' (valid: {', '.join(known)})")
+        return cfg
+
+    def field_data_config(self) -> FieldDataConfig:
+        d = self.data
+        return FieldDataConfig(**{**d, **({"sources": tuple(d["sources"])} if "sources" in d else {})})
 
 
 # ------------------------------------------------------------------ targets and sampling
@@ -149,9 +160,20 @@ def make_batch(fields_by_src: dict[str, list[SegField]], cfg: SegTrainConfig, wo
             torch.from_numpy(np.stack(cens))[:, None])
 
 
-def seg_loss(out: torch.Tensor, fg: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
-    bce = nn.functional.binary_cross_entropy_with_logits
-    return bce(out[:, :1], fg) + 2.0 * bce(out[:, 1:2], cen)
+class CropStream:
+    """`n` batches of `make_batch` crops drawn from `rng` (one engine "epoch" of the iteration loop)."""
+
+    def __init__(self, fields_by_src: dict[str, list[SegField]], cfg: SegTrainConfig, work_rbc: float,
+                 store_rbc: float, rng: np.random.Generator, n: int):
+        self.fields_by_src, self.cfg, self.work_rbc, self.store_rbc, self.rng, self.n = \
+            fields_by_src, cfg, work_rbc, store_rbc, rng, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield make_batch(self.fields_by_src, self.cfg, self.work_rbc, self.store_rbc, self.rng)
 
 
 # ------------------------------------------------------------------ validation
@@ -161,26 +183,19 @@ def box_prf(gt_boxes: list, pred_boxes: list, iou: float = 0.5) -> tuple[int, in
     """(tp, fp, fn) of a greedy one-to-one box match at IoU >= `iou` (predictions in score order)."""
     used = set()
     tp = 0
-    for pb in pred_boxes:
+    ious = box_iou_matrix(pred_boxes, gt_boxes)
+    for k in range(len(pred_boxes)):
         best, bj = 0.0, -1
-        for j, gb in enumerate(gt_boxes):
+        for j in range(len(gt_boxes)):
             if j in used:
                 continue
-            v = _iou(pb, gb)
+            v = float(ious[k, j])
             if v > best:
                 best, bj = v, j
         if best >= iou:
             used.add(bj)
             tp += 1
     return tp, len(pred_boxes) - tp, len(gt_boxes) - tp
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    u = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / u if u > 0 else 0.0
 
 
 def label_boxes(lab: np.ndarray) -> list[tuple[float, float, float, float]]:
@@ -216,101 +231,95 @@ def cap_per_source(fields: list[SegField], n: int) -> list[SegField]:
     return out
 
 
-def lr_at(it: int, cfg: SegTrainConfig) -> float:
-    """Linear warm-up (3 %) then cosine decay to 2 % of `lr` at `max_iters` (stateless: resume-safe)."""
+def build_seg_scheduler(optimizer: torch.optim.Optimizer, cfg: SegTrainConfig):
+    """Per-iteration LR: linear warm-up over 3 % of `max_iters` ((it + 1) / warm x lr), then cosine decay
+    to 2 % of `lr` at `max_iters` (stock torch schedulers; their state is checkpointed)."""
+    sch = torch.optim.lr_scheduler
     warm = max(1, int(0.03 * cfg.max_iters))
-    if it < warm:
-        return cfg.lr * (it + 1) / warm
-    t = min(1.0, (it - warm) / max(1, cfg.max_iters - warm))
-    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * t)))
+    linear = sch.LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=max(1, warm - 1))
+    cosine = sch.CosineAnnealingLR(optimizer, T_max=max(1, cfg.max_iters - warm), eta_min=0.02 * cfg.lr)
+    return sch.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
 
 
-def train_segmenter(config_path: str | Path | SegTrainConfig, *, out_dir: str | Path | None = None) -> dict:
+def train_segmenter(config_path: str | Path | SegTrainConfig, *, out_dir: str | Path | None = None,
+                    progress: bool = False) -> dict:
     """Train (or resume) the fast segmenter from a config; returns the summary written to the run folder."""
     cfg = config_path if isinstance(config_path, SegTrainConfig) else SegTrainConfig.load(config_path)
-    out = Path(out_dir or cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, cfg.threads))
-    torch.manual_seed(cfg.seed)
     root = Path(cfg.data_root) if cfg.data_root else default_root()
-    dcfg = FieldDataConfig(**{**cfg.data, **({"sources": tuple(cfg.data["sources"])} if "sources" in cfg.data else {})})
+    dcfg = cfg.field_data_config()
     train_f, train_stats = build_field_dataset(root, "train", dcfg)
     val_f, val_stats = build_field_dataset(root, "val", dcfg)
     if cfg.val_per_source:
         val_f = cap_per_source(val_f, cfg.val_per_source)
+    data = {"train": [asdict(s) | {"skipped": len(s.skipped)} for s in train_stats],
+            "val": [asdict(s) | {"skipped": len(s.skipped)} for s in val_stats]}
+    return fit_segmenter(cfg, train_f, val_f, dcfg.store_rbc_px, out_dir=out_dir, data=data, progress=progress)
+
+
+def fit_segmenter(cfg: SegTrainConfig, train_f: list[SegField], val_f: list[SegField], store_rbc: float, *,
+                  out_dir: str | Path | None = None, data: dict | None = None, progress: bool = False) -> dict:
+    """The iteration loop on ready fields (stored with red cells `store_rbc` px wide): engine epochs of
+    gcd(val_every, ckpt_every) iterations, validation (best model -> OUT/best), checkpoints
+    (`training.checkpoint`, resumed from OUT/checkpoint.pt), CPU and wall-clock budgets."""
+    out = Path(out_dir or cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, cfg.threads))
+    torch.manual_seed(cfg.seed)
     by_src: dict[str, list[SegField]] = {}
     for fl in train_f:
         by_src.setdefault(fl.source, []).append(fl)
-    mcfg = FastSegConfig.from_dict(cfg.model)
-    net = build_net(mcfg)
+    mcfg = cfg.model
+    net = build_net(mcfg).to(memory_format=torch.channels_last)  # as FastSegmenter runs it (resume-exact)
+    objective = build_objective("segmentation")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = build_seg_scheduler(opt, cfg)
+    rng = np.random.default_rng(cfg.seed)
     ckpt = out / "checkpoint.pt"
-    state = {"iter": 0, "best_f1": -1.0, "history": [], "elapsed": 0.0}
-    if ckpt.is_file():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
-        log.info("resumed from %s at iteration %d", ckpt, state["iter"])
-    rng = np.random.default_rng([cfg.seed, state["iter"]])
-    store = dcfg.store_rbc_px
+    state = {"best_f1": -1.0, "history": [], "elapsed": 0.0, "cpu": 0.0}
+    it = 0
+    ck = load_checkpoint(ckpt, model=net, optimizer=opt, scheduler=sched, objective=objective,
+                         config=cfg.to_dict(), ignore=RESUMABLE_KEYS)
+    if ck is not None:
+        it, state = ck.iteration, ck.extra["state"]
+        rng.bit_generator.state = ck.extra["data_rng"]
+        log.info("resumed from %s at iteration %d", ckpt, it)
+    chunk = math.gcd(cfg.val_every, cfg.ckpt_every)
     t_start = time.time() - state["elapsed"]
-    cpu_start = time.process_time() - state.get("cpu", 0.0)
-    run_loss = None
-    while (state["iter"] < cfg.max_iters and (time.process_time() - cpu_start) < cfg.budget_minutes * 60
-           and (time.time() - t_start) < cfg.max_wall_minutes * 60):
-        net.train()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(state["iter"], cfg)
-        x, fg, cen = make_batch(by_src, cfg, mcfg.rbc_diameter_px, store, rng)
-        loss = seg_loss(net(x), fg, cen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        state["iter"] += 1
-        run_loss = loss.item() if run_loss is None else 0.95 * run_loss + 0.05 * loss.item()
-        it = state["iter"]
+    cpu_start = time.process_time() - state["cpu"]
+
+    def within_budget() -> bool:
+        return ((time.process_time() - cpu_start) < cfg.budget_minutes * 60
+                and (time.time() - t_start) < cfg.max_wall_minutes * 60)
+
+    go = it < cfg.max_iters  # each call trains at least one chunk: re-running a budget-stopped run continues it
+    while go:
+        n = min(chunk, cfg.max_iters - it)
+        logs = train_one_epoch(net, objective, CropStream(by_src, cfg, mcfg.rbc_diameter_px, store_rbc, rng, n),
+                               opt, scheduler=sched, epoch=it // chunk, progress=progress)
+        it += n
+        go = it < cfg.max_iters and within_budget()
         if it % cfg.val_every == 0 or it == cfg.max_iters:
             seg = FastSegmenter(net.eval(), mcfg)
-            v = validate(seg, val_f, store)
-            state["history"].append({"iter": it, "loss": run_loss, "minutes": (time.time() - t_start) / 60,
+            v = validate(seg, val_f, store_rbc)
+            state["history"].append({"iter": it, "loss": logs["loss"], "minutes": (time.time() - t_start) / 60,
                                      "cpu_minutes": (time.process_time() - cpu_start) / 60, **v})
-            log.info("iter %d loss %.4f val P %.3f R %.3f F1 %.3f", it, run_loss, v["precision"], v["recall"], v["f1"])
+            log.info("iter %d loss %.4f val P %.3f R %.3f F1 %.3f", it, logs["loss"], v["precision"], v["recall"],
+                     v["f1"])
             if v["f1"] > state["best_f1"]:
-                state["best_f1"] = v["f1"]
-                state["best_iter"] = it
+                state["best_f1"], state["best_iter"] = v["f1"], it
                 seg.save(out / "best")
-        if it % cfg.ckpt_every == 0:
-            state["elapsed"] = time.time() - t_start
-            state["cpu"] = time.process_time() - cpu_start
-            with atomic_path(ckpt) as tmp:
-                torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
-                            "state": state}, tmp)
-            log.info("iter %d loss %.4f (%.1f min)", it, run_loss, state["elapsed"] / 60)
-    state["elapsed"] = time.time() - t_start
-    state["cpu"] = time.process_time() - cpu_start
+        if it % cfg.ckpt_every == 0 or not go:
+            state["elapsed"], state["cpu"] = time.time() - t_start, time.process_time() - cpu_start
+            save_checkpoint(ckpt, model=net, optimizer=opt, scheduler=sched, objective=objective, iteration=it,
+                            config=cfg.to_dict(), ignore=RESUMABLE_KEYS,
+                            extra={"state": state, "data_rng": rng.bit_generator.state})
+            log.info("iter %d loss %.4f (%.1f min)", it, logs["loss"], state["elapsed"] / 60)
+    state["elapsed"], state["cpu"] = time.time() - t_start, time.process_time() - cpu_start
     if not (out / "best" / "config.json").is_file():
         FastSegmenter(net.eval(), mcfg).save(out / "best")
-    summary = {"config": asdict(cfg), "iterations": state["iter"], "minutes": state["elapsed"] / 60,
-               "cpu_minutes": state["cpu"] / 60,
-               "best_iter": state.get("best_iter"), "best_val": max(state["history"], key=lambda h: h["f1"])
-               if state["history"] else None, "history": state["history"],
-               "data": {"train": [asdict(s) | {"skipped": len(s.skipped)} for s in train_stats],
-                        "val": [asdict(s) | {"skipped": len(s.skipped)} for s in val_stats]}}
+    summary = {"config": cfg.to_dict(), "iterations": it, "minutes": state["elapsed"] / 60,
+               "cpu_minutes": state["cpu"] / 60, "best_iter": state.get("best_iter"),
+               "best_val": max(state["history"], key=lambda h: h["f1"]) if state["history"] else None,
+               "history": state["history"], "data": data or {}}
     write_json_atomic(out / "summary.json", summary)
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:  # pragma: no cover - `python -m` entry point
-
-    ap = argparse.ArgumentParser(description="Train the fast WBC segmenter from a YAML config.")
-    ap.add_argument("config")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    setup_logging()
-    s = train_segmenter(a.config, out_dir=a.out)
-    log.info("done: %d iterations, best val %s", s["iterations"], s["best_val"])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -12,7 +12,6 @@ kill); a finished run is not retrained unless `restart=True`.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 import time
@@ -23,14 +22,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bloodsmear.config import TrainConfig, load_config_dict, load_train_config
+from bloodsmear.config import TrainConfig
 from bloodsmear.errors import InputError
-from bloodsmear.io import atomic_path, write_json_atomic
+from bloodsmear.io import write_json_atomic
 from bloodsmear.metrics.classification import ClassificationReport
 from bloodsmear.metrics.plots import plot_confusion, plot_history
 from bloodsmear.models.artifact import ModelInfo, load_model, save_model
 from bloodsmear.models.card import render_card
 from bloodsmear.models.classifier import build_classifier
+from bloodsmear.training.checkpoint import check_same_config, load_checkpoint, save_checkpoint
 from bloodsmear.training.engine import evaluate, train_one_epoch
 from bloodsmear.training.loaders import ArrayLoader
 from bloodsmear.training.objectives import build_objective
@@ -38,6 +38,7 @@ from bloodsmear.training.prepare import prepare_data
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+RESUMABLE_KEYS = ("max_train_minutes", "threads", "eval_batch_size")  # may change when resuming
 
 
 @dataclass
@@ -116,37 +117,30 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
 
 
 # ------------------------------------------------------------------------------------------------- fit
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state()}
-
-
 def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, *, epochs: int, classes: list[str],
         scheduler=None, target_loader=None, checkpoint: str | Path | None = None, patience: int | None = None,
         max_minutes: float | None = None, progress: bool = True, extra_state: dict | None = None,
-        on_epoch_end: Callable[[dict], None] | None = None, device: torch.device | None = None) -> FitResult:
+        on_epoch_end: Callable[[dict], None] | None = None, device: torch.device | None = None,
+        config: dict | None = None) -> FitResult:
     """Train for up to `epochs`, evaluating on `val_loader` (may be None) after each epoch.
 
-    Checkpoints (model, optimizer, scheduler, objective, history, best weights, elapsed time) are written
-    atomically to `checkpoint` after every epoch; when the file exists the loop resumes from it. The best
+    Checkpoints (`training.checkpoint`: model, optimizer, scheduler, objective, RNG, history, best weights,
+    elapsed time) are written atomically to `checkpoint` after every epoch; when the file exists the loop
+    resumes from it (refused when written for another `config`, outside RESUMABLE_KEYS). The best
     validation macro-F1 weights are restored into `model` at the end.
     """
     ckpt_path = Path(checkpoint) if checkpoint else None
     history: list[dict] = []
     start_epoch, best_f1, best_epoch, elapsed, best_state, stopped = 0, -1.0, 0, 0.0, None, "completed"
-    if ckpt_path is not None and ckpt_path.is_file():
-        ck = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None and ck.get("scheduler") is not None:
-            scheduler.load_state_dict(ck["scheduler"])
-        if ck.get("objective") is not None and hasattr(objective, "load_state_dict"):
-            objective.load_state_dict(ck["objective"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        start_epoch, history = int(ck["epoch"]), list(ck["history"])
-        best_f1, best_epoch, elapsed = float(ck["best_f1"]), int(ck["best_epoch"]), float(ck["elapsed"])
-        best_state, stopped = ck.get("best_state"), ck.get("stopped", "completed")
+    ck = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, objective=objective,
+                         config=config, ignore=RESUMABLE_KEYS) if ckpt_path is not None else None
+    if ck is not None:
+        x = ck.extra
+        start_epoch, history = ck.epoch, list(x["history"])
+        best_f1, best_epoch, elapsed = float(x["best_f1"]), int(x["best_epoch"]), float(x["elapsed"])
+        best_state, stopped = x.get("best_state"), x.get("stopped", "completed")
         log.info("resumed from %s after epoch %d (%.0f s trained so far)", ckpt_path, start_epoch, elapsed)
-        if ck.get("finished"):
+        if x.get("finished"):
             start_epoch = epochs
     for epoch in range(start_epoch, epochs):
         if hasattr(objective, "on_epoch_start"):
@@ -177,14 +171,12 @@ def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, 
         if max_minutes is not None and elapsed > max_minutes * 60 and not done:
             stopped, done = "time_budget", True
         if ckpt_path is not None:
-            state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                     "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
-                     "history": history, "best_f1": best_f1, "best_epoch": best_epoch, "best_state": best_state,
-                     "elapsed": elapsed, "rng": _rng_state(), "finished": done, "stopped": stopped,
-                     "extra": extra_state or {}}
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(state, str(tmp))
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, objective=objective,
+                            epoch=epoch + 1, iteration=(epoch + 1) * len(train_loader), config=config,
+                            ignore=RESUMABLE_KEYS,
+                            extra={"history": history, "best_f1": best_f1, "best_epoch": best_epoch,
+                                   "best_state": best_state, "elapsed": elapsed, "finished": done,
+                                   "stopped": stopped, "extra": extra_state or {}})
         if done:
             if stopped != "completed":
                 log.info("stopping after epoch %d: %s", epoch + 1, stopped.replace("_", " "))
@@ -230,7 +222,7 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
              len(data.classes), cfg.data.image_size, cfg.epochs, len(train_loader))
     fr = fit(model, objective, train_loader, val_loader, optimizer, epochs=cfg.epochs, classes=data.classes,
              scheduler=scheduler, checkpoint=ckpt, patience=cfg.early_stopping_patience,
-             max_minutes=cfg.max_train_minutes, progress=progress)
+             max_minutes=cfg.max_train_minutes, progress=progress, config=cfg.to_dict())
 
     val_rep = evaluate(model, val_loader, data.classes).report if val_loader is not None else None
     test_rep = None
@@ -268,51 +260,12 @@ def _init_from(model: torch.nn.Module, ref: str, classes: list[str]) -> None:
     log.info("initialised all weights from %s", src.path)
 
 
-# "kind" of a config file -> runner(path, overrides, restart, progress) -> result with .to_dict()
-TRAIN_KINDS: dict[str, Callable] = {}
-
-
-def register_train_kind(kind: str):
-    """Let other experiment kinds (e.g. "dann") plug into `bloodsmear train CONFIG`."""
-    def deco(fn):
-        TRAIN_KINDS[kind] = fn
-        return fn
-
-    return deco
-
-
-@register_train_kind("classifier")
-def _train_classifier_file(path, overrides: dict | None = None, *, restart: bool = False, progress: bool = True):
-    return train(load_train_config(path, overrides), restart=restart, progress=progress)
-
-
-def train_from_file(path: str | Path, overrides: dict | None = None, *, restart: bool = False, progress: bool = True):
-    """Run the experiment in a config file; its `kind` (default "classifier") picks the runner."""
-    kind = str(load_config_dict(path).get("kind", "classifier"))
-    if kind not in TRAIN_KINDS:
-        for mod in (f"bloodsmear.training.{kind}", f"bloodsmear.training.{kind}_trainer"):
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError:
-                continue
-    if kind not in TRAIN_KINDS:
-        raise InputError(path, f"unknown experiment kind {kind!r} (valid: {', '.join(sorted(TRAIN_KINDS))})")
-    return TRAIN_KINDS[kind](path, overrides, restart=restart, progress=progress)
-
-
 def _check_resume_config(cfg: TrainConfig, out: Path, ckpt: Path) -> None:
     """Refuse to resume a checkpoint written for a different config (a silent mix would be wrong)."""
     prev = out / "train_config.json"
-    if not ckpt.exists() or not prev.exists():
-        return
-    old = json.loads(prev.read_text())
-    new = cfg.to_dict()
-    ignore = {"max_train_minutes", "threads", "eval_batch_size"}
-    diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
-    if diff:
-        raise InputError(ckpt, f"checkpoint was written with a different config (differs in: {', '.join(diff)}); "
-                               "use another out_dir or --restart")
+    if ckpt.exists() and prev.exists():
+        check_same_config(ckpt, json.loads(prev.read_text()), cfg.to_dict(), RESUMABLE_KEYS)
 
 
-__all__ = ["fit", "train", "train_from_file", "register_train_kind", "FitResult", "TrainResult", "build_optimizer",
+__all__ = ["fit", "train", "FitResult", "TrainResult", "build_optimizer",
            "build_scheduler"]

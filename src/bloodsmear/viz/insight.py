@@ -17,14 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bloodsmear.errors import BloodsmearError, UnknownLabelError
 from bloodsmear.io import list_images, read_image, write_image_atomic
 from bloodsmear.models.artifact import load_model
-from bloodsmear.preprocess.transforms import fit_image, to_tensor
+from bloodsmear.preprocess.transforms import IMAGENET_MEAN, IMAGENET_STD, fit_image, to_tensor
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------- layer lookup
@@ -35,6 +33,15 @@ def conv_layer_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+class UnknownLayerError(BloodsmearError, KeyError):
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0])
+
+
+class FilterRangeError(BloodsmearError, IndexError):
+    pass
+
+
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The sub-module called `name`; an unknown name lists (some of) the valid conv layer names."""
     mods = dict(model.named_modules())
@@ -42,7 +49,7 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         return mods[name]
     convs = conv_layer_names(model)
     shown = convs if len(convs) <= 12 else convs[:6] + ["..."] + convs[-6:]
-    raise KeyError(f"no layer named {name!r}; conv layers: {', '.join(shown)} ({len(convs)} in all)")
+    raise UnknownLayerError(f"no layer named {name!r}; conv layers: {', '.join(shown)} ({len(convs)} in all)")
 
 
 def last_conv_layer(model: nn.Module) -> str:
@@ -166,7 +173,7 @@ def activation_maximisation(
         model(_normalise(x, mean, std))
         out = _as_4d(captured["out"])
         if not 0 <= filter < out.shape[1]:
-            raise IndexError(f"layer {layer!r} has {out.shape[1]} filters; filter {filter} is out of range")
+            raise FilterRangeError(f"layer {layer!r} has {out.shape[1]} filters; filter {filter} is out of range")
         return out[:, filter].mean()
 
     acts: list[float] = []
@@ -347,7 +354,7 @@ def gradcam_model(ref: str | Path, inputs: Sequence[str | Path], out_dir: str | 
     tgt = None
     if target is not None:
         if target not in info.classes:
-            raise KeyError(f"unknown target class {target!r} (model classes: {', '.join(info.classes)})")
+            raise UnknownLabelError(target, list(info.classes))
         tgt = info.classes.index(target)
     paths = [p for i in inputs for p in list_images(Path(i), include_hidden=False)]
     out_dir = Path(out_dir)

@@ -21,6 +21,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
 from bloodsmear.data import load_dataset
+from bloodsmear.errors import InputError
 from bloodsmear.io import atomic_path
 from bloodsmear.models.artifact import load_model
 from bloodsmear.preprocess.transforms import to_tensor
@@ -134,7 +135,7 @@ def tsne_model(ref: str | Path, dataset: str | Path, out: str | Path, *, n: int 
         if im.label:
             by_class.setdefault(im.label, []).append(im.path)
     if not by_class:
-        raise ValueError(f"{dataset}: no labelled single-cell images")
+        raise InputError(dataset, "no labelled single-cell images")
     total = sum(len(v) for v in by_class.values())
     rnd = random.Random(seed)
     paths, labels = [], []
