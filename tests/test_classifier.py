@@ -303,7 +303,7 @@ def test_cli_classify_eval_models(trained, tmp_path):
 
 def test_resolve_model_errors_list_shipped():
     from bloodsmear.errors import InputError
-    from bloodsmear.models.artifact import resolve_model
+    from bloodsmear.models.folder import resolve_model
 
     with pytest.raises(InputError, match="shipped"):
         resolve_model("no-such-model-anywhere")

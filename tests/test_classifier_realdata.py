@@ -13,7 +13,7 @@ pytestmark = pytest.mark.realdata
 
 @pytest.fixture(scope="module")
 def shipped():
-    from bloodsmear.models.artifact import list_shipped, resolve_model
+    from bloodsmear.models.folder import list_shipped, resolve_model
 
     if "pbc-mobilenetv2" not in list_shipped():
         pytest.skip("shipped model pbc-mobilenetv2 not present")

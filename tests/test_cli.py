@@ -51,7 +51,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
 
 def test_wrong_kind_on_the_command_line_names_the_kind(tmp_path):
     r = runner.invoke(app, ["eval-classifier", "wbc-maskrcnn", str(tmp_path)])
-    assert r.exit_code == 2 and "kind 'maskrcnn', but a classifier is expected" in r.stderr
+    assert r.exit_code == 2 and "kind 'maskrcnn' (config.json), but a classifier is expected" in r.stderr
 
 
 def _all_commands(cmd, path=()):

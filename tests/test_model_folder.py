@@ -81,7 +81,7 @@ def test_wrong_kind_is_one_input_error_naming_folder_and_kinds(classifier_folder
         load_segmenter(classifier_folder)
     msg = str(e.value)
     assert str(classifier_folder.resolve()) in msg and "'classifier'" in msg and "segmenter" in msg
-    with pytest.raises(InputError, match="kind 'fast-unet', but a classifier is expected"):
+    with pytest.raises(InputError, match="kind 'fast-unet' \\(config.json\\), but a classifier is expected"):
         load_model(fast_folder)
 
 
@@ -90,10 +90,12 @@ def test_pipeline_naming_a_classifier_as_segmenter_is_one_clear_error(tmp_path):
 
     cfg = tmp_path / "p.yaml"
     cfg.write_text("segmenter: pbc-screen-stain\nscreening: pbc-mobilenetv2\nrefine: null\n")
-    with pytest.raises(InputError, match="pbc-screen-stain: is a model folder of kind 'classifier', but a segmenter"):
+    with pytest.raises(InputError, match=r"pbc-screen-stain: is a model folder of kind 'classifier' \(config.json\), "
+                                         "but a segmenter"):
         Pipeline.from_config(str(cfg))
     cfg.write_text("segmenter: wbc-seg-fast\nscreening: wbc-maskrcnn\nrefine: null\n")
-    with pytest.raises(InputError, match="wbc-maskrcnn: is a model folder of kind 'maskrcnn', but a classifier"):
+    with pytest.raises(InputError, match=r"wbc-maskrcnn: is a model folder of kind 'maskrcnn' \(config.json\), "
+                                         "but a classifier"):
         Pipeline.from_config(str(cfg))
 
 
@@ -147,3 +149,20 @@ def test_fast_unet_folder_round_trip(tmp_path, fast_folder):
     fg, center = seg.maps(rgb)
     fg0, center0 = original.maps(rgb)
     assert fg.shape == (24, 32) and np.allclose(fg, fg0, atol=2e-2) and np.allclose(center, center0, atol=2e-2)
+
+
+def test_card_pieces_are_shared_by_the_classifier_card(classifier_folder):
+    from bloodsmear.models.card import render_card, split_table
+
+    counts = {"train": {"lymphocyte": 3, "monocyte": 1}, "val": {"lymphocyte": 1}, "test": {"neutrophil": 2}}
+    table = split_table(counts, CLASSES)
+    assert table[0] == "| class | train | val | test |" and "| total | 4 | 1 | 2 |" in table
+    info = read_info(classifier_folder)
+    rep = {"classes": CLASSES, "per_class": {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+                                             for c in CLASSES},
+           "macro_precision": 1.0, "macro_recall": 1.0, "macro_f1": 1.0, "accuracy": 1.0, "n": 3,
+           "weighted_precision": 1.0, "weighted_recall": 1.0, "weighted_f1": 1.0,
+           "confusion": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}
+    card = render_card(info, {"test": rep}, [], counts=counts, command="bloodsmear train x.yaml")
+    assert card.startswith("# tiny\n") and "| total | 4 | 1 | 2 |" in card
+    assert "- Command: `bloodsmear train x.yaml`" in card and "**macro F1 1.0000**" in card

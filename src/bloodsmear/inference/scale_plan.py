@@ -79,6 +79,8 @@ def plan_for(pipeline, paths: Sequence[Path], scale=None, *,
     if scale is None:
         scale = getattr(getattr(pipeline, "config", None), "scale", "auto")
     mode = scale_mode(scale)
-    if mode not in ("auto", "folder") or not hasattr(pipeline, "estimate_rbc") or not paths:
+    if mode not in ("auto", "folder") or not hasattr(pipeline, "estimate_rbc"):
+        return {}
+    if len(paths) < CONSENSUS_MIN_FIELDS:  # no group can reach a consensus: nothing to measure ahead
         return {}
     return plan_scales(paths, pipeline.estimate_rbc, mode, transform=transform, map_fn=map_fn)

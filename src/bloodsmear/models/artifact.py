@@ -34,8 +34,6 @@ from bloodsmear.models.folder import (
     CLASSIFIER,
     DEFAULT_MODEL,
     LEGACY_CLASSIFIER_FORMAT,
-    list_shipped,
-    read_card,
     read_folder_config,
     resolve_model,
 )
@@ -147,10 +145,4 @@ def load_model(ref: str | Path = "default", *, device: str = "cpu",
     return LoadedClassifier(model=model, info=info, path=folder)
 
 
-def read_card_metrics(ref: str | Path) -> dict:
-    """Headline test metrics of a model folder (from metrics.json), {} when absent."""
-    return dict(read_card(ref).metrics)
-
-
-__all__ = ["ModelInfo", "LoadedClassifier", "save_model", "load_model", "read_info", "read_card_metrics",
-           "DEFAULT_MODEL", "resolve_model", "list_shipped"]
+__all__ = ["ModelInfo", "LoadedClassifier", "save_model", "load_model", "read_info", "DEFAULT_MODEL"]

@@ -52,6 +52,7 @@ def render_card(info, metrics: dict, history: list[dict], data=None, *, command:
     t = info.training or {}
     d = t.get("data", {})
     m = t.get("model", {})
+    split = f"manifest {d['split']}" if d.get("split") else f"{d.get('scheme')} seed {d.get('split_seed')}"
     lines = card_header(info.name or "classifier",
                         f"WBC classifier: `{info.backbone}` ({info.mode}, "
                         f"{'ImageNet-pretrained' if m.get('pretrained', True) else 'random init'}) -> global average "
@@ -64,7 +65,7 @@ def render_card(info, metrics: dict, history: list[dict], data=None, *, command:
              f"- Classes (index order): {', '.join(info.classes)}.", "",
              "## Data", "",
              f"- Dataset: `{d.get('dataset')}` (format `{d.get('format')}`), split "
-             f"{'manifest ' + str(d.get('split')) if d.get('split') else d.get('scheme') + ' seed ' + str(d.get('split_seed'))}; "
+             f"{split}; "
              "the split manifest is `split.json` in this folder (paths relative to the dataset root).",
              f"- Images: train {metrics.get('n_train')}, val {metrics.get('n_val')}, test {metrics.get('n_test')}."]
     counts = data.counts() if data is not None else counts

@@ -115,8 +115,8 @@ def check_kind(folder: str | Path, kind: Kinds, d: dict | None = None) -> str:
     if expected is not None and actual not in expected:
         what = "a classifier" if expected == (CLASSIFIER,) else \
             f"a segmenter (kind {' or '.join(expected)})" if CLASSIFIER not in expected else " or ".join(expected)
-        got = f"kind {actual!r}" if actual else "no kind in its config.json"
-        raise InputError(folder, f"is a model folder of {got}, but {what} is expected here")
+        got = f"kind {actual!r}" if actual else "no kind"
+        raise InputError(folder, f"is a model folder of {got} (config.json), but {what} is expected here")
     return actual or ""
 
 

@@ -11,7 +11,6 @@ and thresholds; `load_maskrcnn(folder)` never needs the training code.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -252,12 +251,8 @@ def save_maskrcnn(model: nn.Module, cfg: MaskRCNNConfig, folder: str | Path, *,
 
 def read_config(folder: str | Path) -> MaskRCNNConfig:
     folder = Path(folder)
-    try:
-        d = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(folder / "config.json", f"unreadable model config ({e})") from e
-    if d.get("kind") != KIND:
-        raise InputError(folder / "config.json", f"kind is {d.get('kind')!r}, not {KIND!r}")
+    d = read_folder_config(folder)
+    check_kind(folder, KIND, d)
     return MaskRCNNConfig.from_dict(d, source=folder / "config.json")
 
 

@@ -2,8 +2,8 @@
 scored with COCOeval; written with the Foundation COCO writer (`bloodsmear.data.coco.to_coco_dict`).
 Images are named by their path relative to the input root; categories are the pipeline's classes (ids
 from 1, sorted by name); every annotation holds a polygon `segmentation`, an xywh `bbox`, `area` (the
-cell's `Cell.area`, as in results.json) and `score` = detection score x final class score, with both factors kept as `detection_score` and
-`class_score`, and the `review` flag.
+cell's `Cell.area`, as in results.json) and `score` = detection score x final class score, with both
+factors kept as `detection_score` and `class_score`, and the `review` flag.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ taken. Pass 1 runs on a copy downscaled to ~160 px; pass 2 on a copy where the R
 Fields of one folder and one pixel size come from one microscope and camera, so they share a
 magnification: `choose_diameters` pools their estimates (the `--scale` modes `auto`, `field`,
 `folder`), which corrects the few fields where granulometry fails (dense fields whose clumped red
-cells make the larger peak, pale ring-shaped red cells, a large smudge cell).
+cells make the larger peak, pale ring-shaped red cells, a large smudge cell). A field with no such
+folder (analysed alone, or with fewer than `CONSENSUS_MIN_FIELDS` like fields) is checked against
+itself: `lone_field_choice` trusts its estimate only where it is plausible for the field's size and
+agrees with those of its parts (`part_windows`), else takes its parts' median or a prior from its size.
 
 All functions are pure: the input image is never modified.
 """
