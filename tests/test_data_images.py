@@ -51,12 +51,12 @@ def test_grayscale_rgba_16bit(tmp_path):
     assert read_image(g, allow_gray=True).shape == (5, 5, 3)
     rgba = tmp_path / "rgba.png"
     cv2.imwrite(str(rgba), np.full((5, 5, 4), 100, np.uint8))
-    with pytest.raises(InputError, match="rgba.png: RGBA"):
-        read_image(rgba)
+    out = read_image(rgba)  # a see-through alpha is composited on white (with a warning naming the file)
+    assert out.shape == (5, 5, 3) and out.dtype == np.uint8 and int(out[0, 0, 0]) > 100
     deep = tmp_path / "deep.png"
     cv2.imwrite(str(deep), np.full((5, 5, 3), 60000, np.uint16))
-    with pytest.raises(InputError, match="deep.png: uint16 image"):
-        read_image(deep)
+    out = read_image(deep)  # 16-bit is scaled to 8 bit
+    assert out.dtype == np.uint8 and abs(int(out[0, 0, 0]) - round(60000 / 257)) <= 1
 
 
 def test_unreadable_header_recorded_by_fill_sizes(tmp_path):

@@ -30,6 +30,7 @@ class TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=sys.stderr)
+            sys.stderr.flush()  # in order with what the command prints on stdout (the --json last line)
         except Exception:  # noqa: BLE001 - logging must not raise
             self.handleError(record)
 
