@@ -84,3 +84,8 @@ def write_field(path: Path, width: int, height: int, discs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(make_field(width, height, discs), cv2.COLOR_RGB2BGR))
     return path
+
+
+# Fields used by the analyze tests: one lymphocyte, and a lymphocyte + a neutrophil (x, y, radius, class).
+ONE = [(100, 100, 30, "lymphocyte")]
+TWO = [(100, 100, 30, "lymphocyte"), (300, 200, 40, "neutrophil")]

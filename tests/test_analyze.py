@@ -7,17 +7,13 @@ import logging
 
 import numpy as np
 import pytest
-from pipeline_fakes import make_field, make_pipeline, write_field
+from pipeline_fakes import ONE, TWO, make_field, make_pipeline, write_field
 from typer.testing import CliRunner
 
 from bloodsmear.inference import batch
 from bloodsmear.inference.batch import analyze, collect_images
 from bloodsmear.outputs import paper_json
 from bloodsmear.types import AnnotatedImage, Cell, Dataset
-
-ONE = [(100, 100, 30, "lymphocyte")]
-TWO = [(100, 100, 30, "lymphocyte"), (300, 200, 40, "neutrophil")]
-
 
 @pytest.fixture
 def smears(tmp_path):

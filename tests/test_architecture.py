@@ -68,3 +68,16 @@ def test_no_module_over_the_size_limit():
     big = [f"{p.relative_to(ROOT)}: {n} lines" for p in _modules()
            if (n := len(p.read_text(encoding='utf-8').splitlines())) > MAX_LINES]
     assert not big, "\n".join(big)
+
+
+def test_trainings_and_experiments_write_files_atomically():
+    """A run killed mid-write must never leave a half-written card, stamp or feature file behind."""
+    offenders = []
+    for sub in ("training", "experiments"):
+        for path in sorted((PACKAGE / sub).glob("*.py")):
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                code = line.split("#")[0]
+                if ".write_text(" in code or ".write_bytes(" in code or "np.save(" in code and "(f" not in code \
+                        or "np.savez_compressed(out" in code:
+                    offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import need
-from pipeline_fakes import make_field, make_pipeline, write_field
+from pipeline_fakes import ONE, TWO, make_field, make_pipeline, write_field
 from typer.testing import CliRunner
 
 from bloodsmear.cli.common import TqdmHandler, setup_logging
@@ -32,10 +32,6 @@ from bloodsmear.outputs.coco import to_coco_results
 from bloodsmear.outputs.counts import count_table
 from bloodsmear.preprocess.scale import PRIOR_RBC_SHARE, ScaleChoice, lone_field_choice, part_windows
 from bloodsmear.types import Cell, polygon_area
-
-ONE = [(100, 100, 30, "lymphocyte")]
-TWO = [(100, 100, 30, "lymphocyte"), (300, 200, 40, "neutrophil")]
-
 
 @pytest.fixture
 def smears(tmp_path):

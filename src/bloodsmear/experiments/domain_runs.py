@@ -21,7 +21,7 @@ import torch
 
 from bloodsmear.config import StrictConfig
 from bloodsmear.experiments.domain_data import DomainCrops, DomainSpec, build_domain, split_domain
-from bloodsmear.io import read_json, write_json_atomic
+from bloodsmear.io import atomic_path, read_json, write_json_atomic
 from bloodsmear.models.artifact import ModelInfo, load_model, save_model
 from bloodsmear.models.card import card_header, command_line, metrics_section
 from bloodsmear.models.classifier import build_classifier
@@ -194,8 +194,8 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
         feats[key] = _features(tail, te, dev)
     tail.to("cpu")
     _save(model, run, prep, ms, rs, fr, results, out, settings, device=str(dev))
-    np.savez_compressed(out / "test_features.npz", **{f"{k}_x": v for k, v in feats.items()},
-                        **{f"{k}_y": labels(k, "test") for k in feats})
+    with atomic_path(out / "test_features.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{f"{k}_x": v for k, v in feats.items()}, **{f"{k}_y": labels(k, "test") for k in feats})
     res = {"settings": settings, "test": results, "history": fr.history, "epochs_run": fr.epochs_run,
            "train_seconds": round(fr.train_seconds, 1), "model_dir": str(out / "model")}
     write_json_atomic(done, res)

@@ -41,7 +41,7 @@ from bloodsmear.experiments.domains_config import (
     run_spec,
 )
 from bloodsmear.experiments.rescore import rescore_domains
-from bloodsmear.io import write_json_atomic
+from bloodsmear.io import write_json_atomic, write_text_atomic
 from bloodsmear.metrics.classification import ClassificationReport
 from bloodsmear.metrics.plots import plot_confusion, plot_dann_curves
 from bloodsmear.viz.tsne import tsne_plot
@@ -119,10 +119,10 @@ def figures(results: dict[str, dict], out: Path, names: dict[str, str], classes:
             key = hashlib.sha1(feats.tobytes() + json.dumps([ys, ds]).encode()).hexdigest()
             stamp = dest.with_suffix(".sha1")
             if dest.is_file() and not stamp.is_file():  # a plot from before stamps existed: keep it
-                stamp.write_text(key)
+                write_text_atomic(stamp, key)
             if not (dest.is_file() and stamp.is_file() and stamp.read_text() == key):  # t-SNE is slow on CPU
                 tsne_plot(feats, ys, ds, dest, title=f"t-SNE of test features, {when} adaptation ({rid})")
-                stamp.write_text(key)
+                write_text_atomic(stamp, key)
             files.append(str(dest))
     return files
 

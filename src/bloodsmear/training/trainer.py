@@ -24,7 +24,7 @@ import torch
 
 from bloodsmear.config import TrainConfig
 from bloodsmear.errors import InputError
-from bloodsmear.io import write_json_atomic
+from bloodsmear.io import write_json_atomic, write_text_atomic
 from bloodsmear.metrics.classification import ClassificationReport
 from bloodsmear.metrics.plots import plot_confusion, plot_history
 from bloodsmear.models.artifact import ModelInfo, load_model, save_model
@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
     if test_rep is not None:
         plot_confusion(test_rep, model_dir / "confusion_test.png", title=f"{cfg.name} test")
     if write_card:
-        (model_dir / "card.md").write_text(render_card(info, metrics, fr.history, data), encoding="utf-8")
+        write_text_atomic(model_dir / "card.md", render_card(info, metrics, fr.history, data))
     write_json_atomic(out / "result.json", {**metrics, "model_dir": str(model_dir)})
     return TrainResult(out_dir=out, model_dir=model_dir, history=fr.history, val=val_rep, test=test_rep,
                        best_epoch=fr.best_epoch, epochs_run=fr.epochs_run, train_seconds=fr.train_seconds,
