@@ -72,7 +72,7 @@ def test_read_coco_round_trip(tmp_path):
 def test_read_coco_errors(tmp_path):
     f = tmp_path / "x.json"
     f.write_text("{not json")
-    with pytest.raises(InputError, match="x.json.*not a readable JSON"):
+    with pytest.raises(InputError, match="x.json.*not valid JSON"):
         read_coco(f)
     f.write_text(json.dumps({"images": [], "categories": [{"id": 1, "name": "Smudge"}]}))
     with pytest.raises(UnknownLabelError, match=r"x.json.*'Smudge'"):

@@ -170,5 +170,5 @@ def read_json(path: str | Path) -> Any:
         raise InputError(path, "no such file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
         raise InputError(path, f"not valid JSON ({e})") from e

@@ -14,7 +14,6 @@ parts in ``attributes["extra_polygons"]``), RLE -> `Cell.mask` (full image, `mas
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -25,7 +24,7 @@ from pycocotools import mask as mask_utils
 from bloodsmear import __version__
 from bloodsmear.classes import canonical
 from bloodsmear.errors import InputError
-from bloodsmear.io import image_name, write_json_atomic
+from bloodsmear.io import image_name, read_json, write_json_atomic
 from bloodsmear.types import AnnotatedImage, Cell, Dataset, polygon_area
 
 log = logging.getLogger(__name__)
@@ -178,10 +177,7 @@ def read_coco(path: str | Path, *, image_root: str | Path | None = None, strict:
         if len(cands) != 1:
             raise InputError(path, f"expected one COCO .json file, found {len(cands)}")
         path = cands[0]
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"not a readable JSON file ({e})") from e
+    d = read_json(path)
     if not isinstance(d, dict) or not isinstance(d.get("images"), list):
         raise InputError(path, "not COCO instances JSON: no 'images' list")
     base = path.parent.parent if path.parent.name == "annotations" else path.parent

@@ -15,7 +15,6 @@ Entries are paths relative to the dataset root (POSIX), so a manifest works on a
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 from collections import Counter, defaultdict
@@ -30,7 +29,7 @@ from sklearn.model_selection import train_test_split
 
 from bloodsmear import __version__
 from bloodsmear.errors import InputError
-from bloodsmear.io import write_json_atomic
+from bloodsmear.io import read_json, write_json_atomic
 from bloodsmear.types import AnnotatedImage, Dataset
 
 log = logging.getLogger(__name__)
@@ -293,10 +292,7 @@ def save_manifest(manifest: SplitManifest, dest: str | Path) -> Path:
 
 def load_manifest(path: str | Path) -> SplitManifest:
     path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"not a readable split manifest ({e})") from e
+    d = read_json(path)
     missing = [k for k in ("scheme", "seed", "splits") if k not in d]
     if missing:
         raise InputError(path, f"split manifest lacks {', '.join(missing)}")

@@ -15,7 +15,6 @@ Figures (flat, in `report["figures"]`):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -32,7 +31,7 @@ from bloodsmear.errors import InputError, UnknownLabelError
 from bloodsmear.evaluation.errors import write_errors
 from bloodsmear.inference.pipeline import Pipeline, WbcOnly
 from bloodsmear.inference.scale_plan import plan_for
-from bloodsmear.io import read_image
+from bloodsmear.io import read_image, read_json
 from bloodsmear.metrics.detection import WBC_LABELS, evaluate_detection, match_cells
 from bloodsmear.preprocess.resize import resize_by
 from bloodsmear.types import AnnotatedImage, Cell, Dataset
@@ -48,7 +47,7 @@ def select_split(ds: Dataset, split: str | None, manifest: str | Path | None = N
     images it never saw."""
     if manifest is not None:
         try:
-            parts = json.loads(Path(manifest).read_text())["splits"]
+            parts = read_json(manifest)["splits"]
         except (OSError, ValueError, KeyError) as e:
             raise InputError(manifest, f"not a readable split manifest ({e})") from None
         name = split or "test"

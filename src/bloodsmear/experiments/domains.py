@@ -33,13 +33,7 @@ import torch
 
 from bloodsmear.experiments.domain_runs import prepare_domains, train_run
 from bloodsmear.experiments.domain_tables import domain_names, mean_rows, table_rows, write_tables
-from bloodsmear.experiments.domains_config import (
-    DomainsConfig,
-    DomainsResult,
-    domains_cache_dir,
-    resolve_classes,
-    run_spec,
-)
+from bloodsmear.experiments.domains_config import DomainsConfig, DomainsResult, domains_cache_dir, resolve_classes, run_spec
 from bloodsmear.experiments.rescore import rescore_domains
 from bloodsmear.io import write_json_atomic, write_text_atomic
 from bloodsmear.metrics.classification import ClassificationReport

@@ -24,13 +24,7 @@ import torch
 from bloodsmear.errors import InputError
 from bloodsmear.experiments.domain_data import DomainSpec, build_domain
 from bloodsmear.experiments.domain_tables import domain_names, mean_rows, table_rows, write_tables
-from bloodsmear.experiments.domains_config import (
-    DomainsConfig,
-    DomainsResult,
-    domains_cache_dir,
-    resolve_classes,
-    run_spec,
-)
+from bloodsmear.experiments.domains_config import DomainsConfig, DomainsResult, domains_cache_dir, resolve_classes, run_spec
 from bloodsmear.inference.classify import CellClassifier
 from bloodsmear.inference.tta import check_tta
 from bloodsmear.io import read_json, write_json_atomic

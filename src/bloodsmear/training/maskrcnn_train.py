@@ -20,7 +20,6 @@ training, ``segment eval MODEL --split test --threads 2``, ``segment card MODEL`
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -33,7 +32,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from bloodsmear.config import StrictConfig, load_config
-from bloodsmear.io import atomic_path, read_image, write_json_atomic
+from bloodsmear.io import atomic_path, read_image, read_json, write_json_atomic
 from bloodsmear.metrics.detection import DetectionReport, coco_ap, evaluate_detection
 from bloodsmear.models.maskrcnn import (
     MaskRCNNConfig,
@@ -340,11 +339,11 @@ def render_card(folder: str | Path, test: dict | None = None, *, commands: dict[
                 notes: str = "") -> str:
     """card.md of a Mask R-CNN model folder from its config.json, history.json and test figures."""
     folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_json(folder / "config.json")
     tw = cfg.get("trained_with", {})
     tc = tw.get("config", {})
     hist_path = folder / "history.json"
-    history = json.loads(hist_path.read_text()) if hist_path.is_file() else []
+    history = read_json(hist_path) if hist_path.is_file() else []
     lines = [
         "# wbc-maskrcnn: the paper's Mask R-CNN WBC instance segmenter", "",
         f"torchvision Mask R-CNN, backbone `{cfg['backbone']}` (ImageNet weights, BatchNorm frozen) + 1x1 neck to "

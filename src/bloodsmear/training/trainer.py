@@ -12,7 +12,6 @@ kill); a finished run is not retrained unless `restart=True`.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import torch
 
 from bloodsmear.config import TrainConfig
 from bloodsmear.errors import InputError
-from bloodsmear.io import write_json_atomic, write_text_atomic
+from bloodsmear.io import read_json, write_json_atomic, write_text_atomic
 from bloodsmear.metrics.classification import ClassificationReport
 from bloodsmear.metrics.plots import plot_confusion, plot_history
 from bloodsmear.models.artifact import ModelInfo, load_model, save_model
@@ -264,7 +263,7 @@ def _check_resume_config(cfg: TrainConfig, out: Path, ckpt: Path) -> None:
     """Refuse to resume a checkpoint written for a different config (a silent mix would be wrong)."""
     prev = out / "train_config.json"
     if ckpt.exists() and prev.exists():
-        check_same_config(ckpt, json.loads(prev.read_text()), cfg.to_dict(), RESUMABLE_KEYS)
+        check_same_config(ckpt, read_json(prev), cfg.to_dict(), RESUMABLE_KEYS)
 
 
 __all__ = ["fit", "train", "FitResult", "TrainResult", "build_optimizer",
