@@ -75,3 +75,25 @@ def test_adapt_target_folder_errors_name_the_folder(base, tmp_path):
     (empty / "bad.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="no usable target images"):
         adapt_model(model_dir, empty, tmp_path / "o2", source=src, progress=False)
+
+
+def test_adapt_resumes_only_a_checkpoint_of_the_same_settings(base, tmp_path, monkeypatch, caplog):
+    """An interrupted adaptation leaves OUT/checkpoint.pt: a rerun with another lr is refused (one line
+    naming the setting), an unchanged rerun resumes it."""
+    import logging
+
+    from bloodsmear.errors import InputError
+    from bloodsmear.experiments import adapt
+
+    save = adapt.save_model
+    monkeypatch.setattr(adapt, "save_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        _adapt(base, tmp_path / "a")
+    assert (tmp_path / "a" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(adapt, "save_model", save)
+    with pytest.raises(InputError, match=r"different config \(differs in: lr\)") as e:
+        _adapt(base, tmp_path / "a", lr=1e-3)
+    assert "\n" not in str(e.value)
+    with caplog.at_level(logging.INFO, logger="bloodsmear.training.trainer"):
+        res = _adapt(base, tmp_path / "a", threads=2)  # threads may change
+    assert "resumed from" in caplog.text and res.out_dir == tmp_path / "a"

@@ -66,6 +66,36 @@ def test_bad_images_are_reported_and_skipped(smears, tmp_path, caplog):
     assert (out / "skipped.csv").read_text().count("\n") == 4
 
 
+@pytest.mark.parametrize("stage", ["segmenter", "screening"])
+def test_a_bug_in_a_stage_stops_the_run_but_a_bad_image_is_skipped(smears, tmp_path, stage):
+    """A TypeError from a broken segmenter (or classifier) is a bug: raised, not every image turned into
+    a 'skipped' row; an input error (or OpenCV's) on one image skips that image alone."""
+    import cv2
+
+    from bloodsmear.errors import InputError
+
+    pipe = make_pipeline()
+    broken = pipe.segmenter if stage == "segmenter" else pipe.screening
+    name = "predict" if stage == "segmenter" else "predict_proba"
+    setattr(broken, name, lambda *a, **k: (_ for _ in ()).throw(TypeError("unsupported operand")))
+    with pytest.raises(TypeError, match="unsupported operand"):
+        analyze([smears], tmp_path / "out", pipe, scale=20, progress=False, workers=1)
+
+    pipe = make_pipeline()
+    predict = pipe.segmenter.predict
+    calls = iter([InputError(None, "odd pixels"), cv2.error("odd")])
+
+    def flaky(rgb):
+        err = next(calls, None)
+        if err is not None:
+            raise err
+        return predict(rgb)
+
+    pipe.segmenter.predict = flaky
+    s = analyze([smears], tmp_path / "out2", pipe, scale=20, progress=False, workers=1)
+    assert (s.n_analysed, s.n_skipped) == (2, 2)
+
+
 def test_resume_after_a_kill_finishes_only_the_missing_images(smears, tmp_path, monkeypatch):
     out = tmp_path / "out"
     pipe = make_pipeline()

@@ -4,6 +4,7 @@ traceback), help without type placeholders, `--version`, `models list`."""
 from __future__ import annotations
 
 import pytest
+import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -26,6 +27,7 @@ def _bad_inputs(tmp_path) -> list[list[str]]:
         ["segment", "train", yaml],
         ["bench", "grid", yaml],
         ["bench", "domains", yaml],
+        ["bench", "lodo", yaml],
         ["bench", "classify", "--model", "no-such-model", "--n", "2"],
         ["bench", "crop", missing],
         ["bench", "stages", missing, "--pipeline", "no-such-pipeline"],
@@ -55,9 +57,13 @@ def test_wrong_kind_on_the_command_line_names_the_kind(tmp_path):
 
 
 def _all_commands(cmd, path=()):
+    from typer.core import TyperGroup
+
     yield path
-    for name in getattr(cmd, "commands", {}):
-        yield from _all_commands(cmd.commands[name], path + (name,))
+    if isinstance(cmd, TyperGroup):  # the root loads its sub-commands lazily: ask it for each
+        ctx = typer.Context(cmd)
+        for name in cmd.list_commands(ctx):
+            yield from _all_commands(cmd.get_command(ctx, name), path + (name,))
 
 
 def test_help_of_every_command_has_no_placeholders():
@@ -103,3 +109,24 @@ def test_models_list_json_has_kinds(args):
     kinds = {m["name"]: m["kind"] for m in d["models"]}
     assert kinds["wbc-seg-fast"] == "fast-unet" and kinds["pbc-lisc-dann"] == "classifier"
     assert {p["name"] for p in d["pipelines"]} >= {"default", "maskrcnn"}
+
+
+def test_top_level_help_lines_match_each_commands_own_and_load_nothing():
+    """`bloodsmear --help` lists every command from cli.main.LAZY_COMMANDS without importing them; the
+    listed line must be the command's own first help line, and `--version` must not load torch."""
+    import subprocess
+    import sys
+
+    from bloodsmear.cli.main import LAZY_COMMANDS, load_command
+
+    for name, (_, _, line) in LAZY_COMMANDS.items():
+        cmd = load_command(name)
+        assert cmd.get_short_help_str(limit=500) == line, name
+    group = get_command(app)
+    assert set(LAZY_COMMANDS) <= set(group.list_commands(typer.Context(group)))
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom bloodsmear.cli.main import app\n"
+            "r = CliRunner().invoke(app, ['--version']); assert r.exit_code == 0, r.output\n"
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0 and 'analyze' in r.output\n"
+            "assert 'torch' not in sys.modules, 'torch loaded for --help'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -219,3 +219,25 @@ def test_read_json_errors_name_the_file(tmp_path):
         load_train_config(_write(tmp_path, "a: [1\n", "bad.yaml"))
     with pytest.raises(InputError, match="mapping at the top level"):
         load_train_config(_write(tmp_path, "- 1\n", "list.yaml"))
+
+
+def test_updated_copies_are_validated_unlike_model_copy(tmp_path):
+    """`cfg.updated(...)`: a changed copy checked as a loaded config is (model_copy(update=...) is not);
+    PipelineConfig's cross-field `validate()` too, and its base_dir (kept out of to_dict) carried over."""
+    from bloodsmear.training.maskrcnn_train import MaskRCNNTrainConfig
+
+    cfg = TrainConfig()
+    assert cfg.updated(seed=cfg.seed + 1).seed == cfg.seed + 1
+    with pytest.raises(InputError, match="unknown key 'sede'"):
+        cfg.updated(sede=3)
+    with pytest.raises(InputError, match="seed"):
+        cfg.updated(seed="three")
+    assert MaskRCNNTrainConfig().updated(out_dir=str(tmp_path)).out_dir == str(tmp_path)
+    (tmp_path / "p.yaml").write_text("review_threshold: 0.5\n")
+    pipe = PipelineConfig.load(tmp_path / "p.yaml")
+    changed = pipe.updated(review_threshold=0.7)
+    assert changed.review_threshold == 0.7 and changed.base_dir == pipe.base_dir == str(tmp_path.resolve())
+    with pytest.raises(InputError, match="review_threshold must be in"):
+        pipe.updated(review_threshold=2.0)  # model_copy gave a config that failed only later, in Pipeline
+    with pytest.raises(InputError, match="tile_overlap"):
+        pipe.updated(tile_overlap=4096)

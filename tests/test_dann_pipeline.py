@@ -145,3 +145,33 @@ def test_lisc_wbc_located_in_real_fields(data_root):
         centre = s[60:100, 60:100].mean()
         assert centre > np.median(stain_contrast(rgb)) + 15, f  # the crop centre is on the stained WBC
         assert 8 < r < 80, f
+
+
+def test_domain_entries_are_checked_as_domain_specs_and_keep_their_cache_keys(tmp_path):
+    """A misnamed domain or crops mode, or a wrong type, used to pass the config and fail (or be used as
+    given) only when the crops were built; the crop caches keep the keys the dataclass gave them."""
+    from bloodsmear.classes import LISC_CLASSES
+    from bloodsmear.errors import InputError
+    from bloodsmear.experiments.dann import load_dann_config
+    from bloodsmear.experiments.domain_data import DomainSpec
+    from bloodsmear.experiments.domains_config import load_domains_config
+
+    p = tmp_path / "c.yaml"
+    for text, msg in [("kind: domains\ndomains: {A: {name: lsic}}\n", r"'domains.A.name': Input should be 'pbc'"),
+                      ("kind: domains\ndomains: {A: {name: lisc, crops: blob}}\n", r"'domains.A.crops'"),
+                      ("kind: domains\ndomains: {A: {root: lisc}}\n", r"domains.A needs a name \(pbc, lisc"),
+                      ("kind: dann\ntarget: {name: lisc, crop_side: big}\n", r"'target.crop_side': .*integer")]:
+        p.write_text(text)
+        with pytest.raises(InputError, match=msg):
+            (load_dann_config if "dann" in text else load_domains_config)(p)
+    # the entries stay as written (run identities unchanged); the specs hash as before
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_domains_config(root / "domains" / "pbc_lisc.yaml")
+    assert cfg.to_dict()["domains"]["B"] == {"name": "lisc", "root": "lisc", "crop_side": 160}
+    classes = list(LISC_CLASSES)
+    keys = [DomainSpec(**{"size": cfg.image_size, **cfg.domains[k]}).key(classes) for k in ("A", "B")]
+    assert keys == ["d9567e8a6706", "799d56e4b474"]
+    assert DomainSpec(name="lisc", root="lisc", size=80, crops="pipeline", pipeline="p.yaml").key(["a", "b"]) \
+        == "c38f90cb583c"
+    assert DomainSpec(name="bccd", root="bccd", box_scale=1.6, size=96, max_per_class=300, seed=3).key(["a", "b"]) \
+        == "fc40a9b2f06e"

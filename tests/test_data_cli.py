@@ -89,6 +89,9 @@ def test_cli_split(tmp_path):
     assert d["counts"]["test"] == {"basophil": 1, "ig": 1, "platelet": 1}
     r = runner.invoke(app, ["data", "split", str(root), "--scheme", "70-30", "--out", str(out)])
     assert r.exit_code == 2
+    # one line from the CLI's error boundary, naming the valid schemes
+    assert [ln for ln in r.output.splitlines() if ln.strip()] == [
+        "error: --scheme: unknown scheme '70-30' (valid: 64-16-20, 80-10-10)"]
 
 
 @pytest.mark.realdata

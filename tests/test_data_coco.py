@@ -44,6 +44,17 @@ def test_to_coco_dict_fields(tmp_path):
         to_coco_dict(_images(tmp_path), ["lymphocyte"])
 
 
+def test_coco_area_is_the_cells_area_for_every_kind_of_cell(tmp_path):
+    """One definition (Cell.area): polygon over mask, a mask (even one running past the image edge), a box."""
+    cells = [
+        Cell("lymphocyte", polygon=[[0, 0], [9, 0], [9, 9], [0, 9]], mask=np.ones((10, 10), bool)),
+        Cell("lymphocyte", mask=np.ones((10, 10), bool), box=(75, 55, 85, 65)),  # 5 x 5 inside an 80 x 60 image
+        Cell("lymphocyte", box=(1, 2, 11, 7)),
+    ]
+    d = to_coco_dict([AnnotatedImage(tmp_path / "a.jpg", 80, 60, cells=cells)])
+    assert [a["area"] for a in d["annotations"]] == [c.area for c in cells] == [81.0, 100.0, 50.0]
+
+
 def test_write_coco_loads_with_pycocotools(tmp_path):
     dest = write_coco(tmp_path / "out" / "coco.json", _images(tmp_path))
     assert not list((tmp_path / "out").glob(".*part*"))  # atomic write leaves no temp file

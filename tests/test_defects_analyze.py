@@ -244,6 +244,24 @@ def test_the_identity_holds_the_model_checksums():
     assert seg is None or len(seg["weights"]) == len(seg["config"]) == 64
 
 
+def test_the_identity_resolves_each_stage_as_its_loader_and_never_drops_a_bad_reference(tmp_path):
+    from types import SimpleNamespace
+
+    from bloodsmear.inference.pipeline_config import PipelineConfig
+    from bloodsmear.inference.run_folder import run_identity
+
+    def models(**stages):
+        return run_identity(SimpleNamespace(config=PipelineConfig(**stages)))["models"]
+
+    shipped = models(segmenter="wbc-seg-fast", screening="pbc-mobilenetv2")
+    assert models(segmenter="default", screening="default") == shipped  # "default": the stage's own default
+    assert shipped["screening"] is not None and models(screening="none")["screening"] is None  # no model there
+    with pytest.raises(InputError, match="no-such-model"):  # was: None, silently part of the identity
+        models(refine="no-such-model")
+    with pytest.raises(InputError, match="segmenter"):  # a classifier named as the segmenter
+        models(segmenter="pbc-mobilenetv2")
+
+
 def test_cli_resume_mismatch_is_one_line_and_fresh_starts_over(smears, tmp_path, monkeypatch):
     monkeypatch.setattr(Pipeline, "from_config", classmethod(
         lambda cls, cfg=None: make_pipeline(review_threshold=0.95 if cfg == "strict" else 0.5)))

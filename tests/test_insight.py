@@ -53,6 +53,35 @@ def test_actmax_shape_range_and_increases_activation():
     assert grid.dtype == np.uint8 and grid.shape[2] == 3 and grid.shape[0] > 48 and grid.shape[1] > 48
 
 
+class _Branchy(nn.Module):
+    """A CNN with a conv the forward pass never runs and an auxiliary conv the logits do not depend on."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.unused, self.aux = _cnn(), nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        self.aux(x)
+        return self.net(x)
+
+
+def test_layers_that_cannot_serve_are_one_clear_error():
+    from bloodsmear.errors import BloodsmearError
+    from bloodsmear.viz.insight import LayerError, last_conv_layer
+
+    x = torch.rand(2, 3, 16, 16)
+    for layer, msg in [("net.6", r"layer 'net.6' has no spatial map \(its output is \(2, 16\)\)"),
+                       ("unused", "layer 'unused' is not run by the model's forward pass"),
+                       ("aux", "layer 'aux' gets no gradient from the class score")]:
+        with pytest.raises(LayerError, match=msg) as e:
+            grad_cam(_Branchy(), x, layer=layer)
+        assert isinstance(e.value, BloodsmearError) and isinstance(e.value, ValueError)
+    with pytest.raises(LayerError, match="layer 'net.6' has no spatial map"):
+        activation_maximisation(_Branchy(), "net.6", 0, size=16, steps=1)
+    with pytest.raises(LayerError, match="no Conv2d layer"):
+        last_conv_layer(nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))
+
+
 def test_actmax_filter_out_of_range():
     with pytest.raises(IndexError, match="6 filters"):
         activation_maximisation(_cnn(), "2", 6, size=16, steps=1)

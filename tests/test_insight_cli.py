@@ -87,6 +87,16 @@ def test_gradcam_command(tiny_model, cells, tmp_path):
     assert all(r["class"] in CLASSES for r in d["images"])
 
 
+def test_gradcam_and_actmax_on_a_layer_without_a_spatial_map_are_one_line(tiny_model, cells, tmp_path):
+    """Naming a dense layer used to end in a ValueError traceback."""
+    for args in (["gradcam", str(tiny_model), str(cells / "monocyte"), "--out", str(tmp_path / "gc")],
+                 ["actmax", str(tiny_model), "--steps", "1", "--out", str(tmp_path / "am.png")]):
+        r = runner.invoke(app, ["insight", *args, "--layer", "classifier.0"])
+        assert r.exit_code == 2, r.output
+        assert "layer 'classifier.0' has no spatial map" in r.output and "Traceback" not in r.output
+        assert isinstance(r.exception, SystemExit)  # the error boundary's exit, not a ValueError
+
+
 def test_tsne_command(tiny_model, cells, tmp_path):
     out = tmp_path / "t.png"
     r = runner.invoke(app, ["insight", "tsne", str(tiny_model), str(cells), "--n", "12", "--format", "folders",

@@ -6,7 +6,9 @@ import cv2
 import numpy as np
 
 from bloodsmear.preprocess.resize import (
+    resize_bilinear,
     resize_by,
+    resize_by_to,
     resize_longer_side,
     resize_square,
     resize_square_bicubic,
@@ -58,3 +60,13 @@ def test_resize_square_rules_differ_where_they_should():
     before = img.copy()
     resize_square(img, 5), resize_square_bicubic(img, 30), resize_by(img, 0.3)
     assert np.array_equal(img, before)  # inputs untouched
+
+
+def test_resize_by_to_keeps_the_rescale_rule_at_a_given_size_and_bilinear_always_is():
+    """`evaluate --rescale`: the field at its annotation's rescaled size, AREA when shrinking, bilinear
+    enlarging (as it was, figures unchanged); `evaluate --errors` overlays: bilinear whichever way."""
+    img = _img(10, 15)
+    assert np.array_equal(resize_by_to(img, 0.5, (7, 6)), cv2.resize(img, (7, 6), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(resize_by_to(img, 2.0, (31, 20)), cv2.resize(img, (31, 20), interpolation=cv2.INTER_LINEAR))
+    assert np.array_equal(resize_by_to(img, 0.5, (8, 5)), resize_by(img, 0.5, tol=0))  # its own size: resize_by
+    assert np.array_equal(resize_bilinear(img, (7, 5)), cv2.resize(img, (7, 5), interpolation=cv2.INTER_LINEAR))

@@ -167,6 +167,31 @@ def test_cli_segment_scale_shows_the_pooled_diameter(tmp_path):
     assert r.exit_code == 2 and "auto, field, folder" in r.output
 
 
+@pytest.mark.parametrize("mode", ["auto", "folder", "field"])
+def test_cli_segment_scale_uses_what_analyze_uses_on_a_lone_field(tmp_path, monkeypatch, mode):
+    """A folder of one field whose own estimate (300 px) is implausible for its 400x300 pixels, while its
+    parts show 30 px red cells: `segment scale` shows the diameter `analyze` records (the lone-field
+    check; not the field's own estimate)."""
+    from typer.testing import CliRunner
+
+    from bloodsmear.cli.main import app
+    from bloodsmear.inference import stages
+    from bloodsmear.preprocess.scale import ScaleEstimate
+
+    write_field(tmp_path / "in" / "f.png", 400, 300, DISCS)
+    monkeypatch.setattr(stages, "estimate_rbc_diameter",
+                        lambda rgb: ScaleEstimate(300.0 if rgb.shape[1] >= 400 else 30.0, 0.5))
+    analyze([tmp_path / "in"], tmp_path / "out", make_pipeline(rbc_px=20.0), scale=mode, overlays=False,
+            progress=False)
+    rec = json.loads(record_path(tmp_path / "out", "f.png").read_text())
+    r = CliRunner().invoke(app, ["segment", "scale", str(tmp_path / "in"), "--mode", mode, "--json"])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.output.strip().splitlines()[-1])["images"]
+    assert row["diameter_px"] == 300.0 and row["confidence"] == 0.5
+    assert (row["used_px"], row["source"]) == (rec["rbc_diameter_px"], rec["scale_source"])
+    assert (row["used_px"], row["source"]) == ((300.0, "estimated") if mode == "field" else (30.0, "field-parts"))
+
+
 def test_detect_returns_a_typed_detection_that_hands_its_crop_source_over():
     pipe = make_pipeline(rbc_px=20.0)
     det = pipe.detect(make_field(400, 300, DISCS), scale=ScaleChoice(40.0, "folder-median"))

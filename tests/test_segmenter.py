@@ -267,3 +267,141 @@ def test_segment_cli_train_kind_and_card_refuse_clearly(tmp_path):
     assert r.exit_code == 2 and "unknown segmenter kind 'unet3000'" in r.output
     r = CliRunner().invoke(app, ["card", str(ZOO_DIR / "wbc-seg-fast")])
     assert r.exit_code == 2 and "Mask R-CNN" in r.output
+
+
+def _old_box_prf(gt_boxes, pred_boxes, iou=0.5):
+    """The validation matcher seg_train had before it used metrics.detection (the reference)."""
+    from bloodsmear.geometry import box_iou_matrix
+
+    used, tp = set(), 0
+    ious = box_iou_matrix(pred_boxes, gt_boxes)
+    for k in range(len(pred_boxes)):
+        best, bj = 0.0, -1
+        for j in range(len(gt_boxes)):
+            if j not in used and float(ious[k, j]) > best:
+                best, bj = float(ious[k, j]), j
+        if best >= iou:
+            used.add(bj)
+            tp += 1
+    return tp, len(pred_boxes) - tp, len(gt_boxes) - tp
+
+
+class _BoxSegmenter:
+    """Stands in for FastSegmenter in `validate`: the working scale is the stored one; fixed predictions."""
+
+    rbc_diameter_px = 40.0
+
+    def __init__(self, boxes):
+        self.boxes = iter(boxes)
+
+    def predict(self, img):
+        from bloodsmear.types import Cell
+
+        bs = next(self.boxes)
+        return [Cell("wbc", box=b, score=1.0 - k / 100) for k, b in enumerate(bs)]
+
+
+def _corner_labels(h, w, boxes):
+    """A label image whose instance k+1 is two pixels at the corners of boxes[k] (boxes may overlap)."""
+    lab = np.zeros((h, w), np.int32)
+    for k, (x1, y1, x2, y2) in enumerate(boxes, start=1):
+        lab[y1, x1] = lab[y2 - 1, x2 - 1] = k
+    return lab
+
+
+def test_validation_prf_comes_from_metrics_and_keeps_its_numbers():
+    from scipy import ndimage as ndi
+
+    from bloodsmear.training.seg_data import SegField
+    from bloodsmear.training.seg_train import validate
+
+    # an exact IoU tie (pred 1 overlaps both GT cells by 100/120): it goes to GT 1, so pred 2 finds none
+    tie_gt, tie_pred = [(0, 2, 10, 14), (0, 0, 10, 12)], [(0, 2, 10, 12), (0, 5, 10, 17)]
+    fields = [SegField(np.zeros((30, 30, 3), np.uint8), _corner_labels(30, 30, tie_gt), "bccd", "tie")]
+    v = validate(_BoxSegmenter([tie_pred]), fields, 40.0)
+    assert (v["tp"], v["fp"], v["fn"]) == (1, 1, 1) == _old_box_prf(tie_gt, tie_pred)
+    # random fields with near-duplicate, shifted and missing boxes: the old matcher's counts and P/R/F1
+    rng = np.random.default_rng(3)
+    fields, preds, tot = [], [], np.zeros(3, int)
+    for i in range(40):
+        gt = [(int(x), int(y), int(x + rng.integers(4, 12)), int(y + rng.integers(4, 12)))
+              for x, y in rng.integers(0, 30, (rng.integers(0, 6), 2))]
+        lab = _corner_labels(45, 45, gt)
+        gt_found = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndi.find_objects(lab) if s is not None]
+        pred = [tuple(int(v + rng.integers(-2, 3)) for v in b) for b in gt if rng.random() < 0.8]
+        pred = [b for b in pred if b[2] > b[0] and b[3] > b[1]] + [(1, 1, 6, 6)] * int(rng.random() < 0.3)
+        fields.append(SegField(np.zeros((45, 45, 3), np.uint8), lab, "bccd", str(i)))
+        preds.append(pred)
+        tot += _old_box_prf(gt_found, pred)
+    v = validate(_BoxSegmenter(preds), fields, 40.0)
+    tp, fp, fn = (int(t) for t in tot)
+    assert (v["tp"], v["fp"], v["fn"]) == (tp, fp, fn) and tp > 0 and fp > 0 and fn > 0
+    p, r = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    assert (v["precision"], v["recall"], v["f1"]) == (p, r, 2 * p * r / max(p + r, 1e-9))
+    empty = validate(_BoxSegmenter([[]]), [SegField(np.zeros((9, 9, 3), np.uint8), np.zeros((9, 9), np.int32),
+                                                    "bccd", "0")], 40.0)
+    assert empty == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 0}
+
+
+
+_TINY_FAST_YAML = """kind: fast-unet
+out_dir: {out}
+crop: 32
+batch_size: 2
+max_iters: 2
+val_every: 2
+ckpt_every: 2
+threads: 1
+source_weights: {{bccd: 1.0}}
+model: {{base_channels: 4, levels: 3, rbc_diameter_px: 20.0}}
+"""
+
+
+def test_bloodsmear_train_runs_segmenter_configs_with_their_shortcuts(tmp_path, monkeypatch):
+    """`bloodsmear train configs/segmenter/fast.yaml` used to fail: unknown config kind 'fast-unet'."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    import bloodsmear.experiments.runner as runner
+    from bloodsmear.cli.main import app
+    from bloodsmear.training.seg_train import fit_segmenter
+
+    repo_configs = Path(__file__).resolve().parents[1] / "configs" / "segmenter"
+    assert runner.config_kind(repo_configs / "fast.yaml").name == "fast-unet"
+    assert runner.config_kind(repo_configs / "maskrcnn.yaml").name == "maskrcnn"
+    # the fast U-Net really trains (2 iterations) on synthetic fields in place of the data folders
+    monkeypatch.setattr(runner, "train_segmenter", lambda cfg, progress=True: fit_segmenter(
+        cfg, _tiny_fields(), _tiny_fields(1, seed=7), 40.0))
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text(_TINY_FAST_YAML.format(out=tmp_path / "ignored"))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", str(cfg), "--out-dir", str(out), "--seed", "3", "--no-progress", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output.strip().splitlines()[-1])
+    assert d["model"] == str(out / "best") and (out / "best" / "config.json").is_file()
+    assert d["iterations"] == 2 and d["config"]["seed"] == 3 and 0.0 <= d["val_f1"] <= 1.0
+    assert not (tmp_path / "ignored").exists()
+    r = CliRunner().invoke(app, ["train", str(cfg), "--epochs", "2"])
+    assert r.exit_code == 2 and "--epochs: not an option of fast-unet configs (valid: --lr, --batch-size, --seed, " \
+        "--out-dir, or --set KEY=VALUE)" in r.output.replace("\n", " ")
+    # Mask R-CNN: the dispatch (declared shortcuts, --restart drops the checkpoint), not the training
+    seen = {}
+
+    def fake_maskrcnn(c):
+        seen["cfg"] = c
+        return Path(c.out_dir) / "model"
+
+    monkeypatch.setattr(runner, "train_maskrcnn", fake_maskrcnn)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "checkpoint.pt").write_bytes(b"old")
+    r = CliRunner().invoke(app, ["train", str(repo_configs / "maskrcnn.yaml"), "--out-dir", str(tmp_path / "m"),
+                                 "--no-pretrained", "--lr", "0.01", "--set", "epochs_all=1", "--restart", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1]) == {"model": str(tmp_path / "m" / "model")}
+    c = seen["cfg"]
+    assert (c.pretrained_backbone, c.lr, c.epochs_all, c.out_dir) == (False, 0.01, 1, str(tmp_path / "m"))
+    assert not (tmp_path / "m" / "checkpoint.pt").exists()
+    r = CliRunner().invoke(app, ["train", str(repo_configs / "maskrcnn.yaml"), "--device", "cuda"])
+    assert r.exit_code == 2 and "--device: not an option of maskrcnn configs" in r.output

@@ -18,9 +18,12 @@ def test_cache_dir_env_default_and_sub(monkeypatch, tmp_path):
 
 def test_every_cache_resolver_uses_it(monkeypatch, tmp_path):
     from bloodsmear.experiments.domains_config import DomainsConfig, domains_cache_dir
+    from bloodsmear.models.pretrained import weight_dirs
     from bloodsmear.training.seg_data import FieldDataConfig, cache_root
 
     monkeypatch.setenv("BLOODSMEAR_CACHE", str(tmp_path))
     assert cache_root(FieldDataConfig()) == tmp_path / "seg_fields"
     assert cache_root(FieldDataConfig(cache_dir=str(tmp_path / "x"))) == tmp_path / "x"
     assert domains_cache_dir(DomainsConfig.model_construct(cache_dir=None)) == tmp_path / "domains"
+    monkeypatch.delenv("BLOODSMEAR_WEIGHTS", raising=False)
+    assert weight_dirs()[0] == tmp_path / "weights"

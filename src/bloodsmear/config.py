@@ -14,7 +14,7 @@ and is read by the one loader `load_config`:
 
     cfg = load_config(MyConfig, "configs/x.yaml", parse_overrides(["optim.lr=3e-4"]))
     cfg.optim.lr                          # 0.0003
-    cfg.model_copy(update={"name": "y"})  # a changed copy (configs are never modified in place)
+    cfg.updated(name="y")                 # a changed copy, validated (configs are never modified in place)
     MyConfig.from_dict(cfg.to_dict())     # round-trips through JSON/YAML-safe dicts
 
 A misspelt key (nested too) or a wrong type is one `InputError` line naming the file, the dotted key
@@ -54,6 +54,13 @@ class StrictConfig(pydantic.BaseModel):
     def from_dict(cls: type[C], d: Any, *, source: str | Path | None = None) -> C:
         """Validate a dict; errors are one `InputError` line naming `source` and the dotted key."""
         return validate_config(cls, d, source)
+
+    def updated(self: C, **changes: Any) -> C:
+        """A copy with `changes`, validated as a config read from a file is (pydantic's
+        `model_copy(update=...)` checks nothing): an unknown key or a wrong type is one `InputError` line.
+        Fields kept out of `to_dict` (e.g. `PipelineConfig.base_dir`) are carried over."""
+        d = {**self.model_dump(), **{k: getattr(self, k) for k, f in type(self).model_fields.items() if f.exclude}}
+        return validate_config(type(self), {**d, **changes})
 
     def save(self, dest: str | Path) -> Path:
         """Write as JSON or YAML (by suffix), atomically."""

@@ -124,7 +124,7 @@ def write_text_atomic(dest: str | Path, text: str) -> Path:
 
 
 def write_json_atomic(dest: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
-    return write_text_atomic(dest, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+    return write_text_atomic(dest, json.dumps(obj, indent=indent, default=json_default) + "\n")
 
 
 def write_image_atomic(dest: str | Path, rgb: np.ndarray, *, quality: int = 95) -> Path:
@@ -140,7 +140,8 @@ def write_image_atomic(dest: str | Path, rgb: np.ndarray, *, quality: int = 95) 
     return dest
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """`json.dumps(..., default=json_default)`: numpy scalars and arrays, and paths, as JSON values."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

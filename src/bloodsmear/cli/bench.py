@@ -13,13 +13,15 @@ from bloodsmear.experiments.domain_tables import summary
 from bloodsmear.experiments.domains import run_domains
 from bloodsmear.experiments.domains_config import load_domains_config
 from bloodsmear.experiments.grid import load_grid_config, result_table, run_grid
+from bloodsmear.experiments.lodo import mean_sd_text, run_lodo
+from bloodsmear.experiments.lodo_config import load_lodo_config
 from bloodsmear.experiments.rescore import rescore_domains
 from bloodsmear.inference.batch import WORKERS_HELP
 from bloodsmear.preprocess.crop_batch import bench_crop
 
 app = App(help="Benchmarks that print figures (speed, accuracy).", no_args_is_help=True)
 
-# Commands are added below by feature: crop, classify, grid, analyze, domains.
+# Commands are added below by feature: crop, classify, grid, analyze, domains, lodo.
 
 
 @app.command("analyze")
@@ -88,6 +90,30 @@ def bench_domains_cmd(
     print_table(f"domains (test splits, %) -> {res.out_dir}", list(cols), [[r[c] for c in cols] for r in res.rows])
     if json_out:
         emit_json({"rows": res.rows, "macro_f1": summary(res.rows), "out_dir": str(res.out_dir), "files": res.files})
+
+
+@app.command("lodo")
+def bench_lodo_cmd(
+    config: str = typer.Argument(..., help="LODO config (YAML), e.g. configs/lodo/cpu.yaml."),
+    recipe: list[str] = typer.Option(None, "--recipe", help="Run only these recipes (repeatable)."),
+    held_out: list[str] = typer.Option(None, "--held-out", help="Hold out only these domain keys (repeatable)."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a config value, e.g. --set seeds=[0] "
+                                                       "--set device=cuda (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object (last line)."),
+) -> None:
+    """Leave-one-domain-out: per held-out domain and recipe, accuracy and macro F1 (mean ± sd over seeds)
+    next to the shipped models -> out_dir/lodo.md, lodo.csv, results.json (resumable)."""
+    cfg = load_lodo_config(config, parse_overrides(set_))
+    res = run_lodo(cfg, recipes=recipe or None, held_out=held_out or None)
+    print_table(f"LODO (held-out test splits) -> {res.out_dir}",
+                ["held out", "recipe", "n", "accuracy", "macro F1", "seeds", "absent"],
+                [[r["held_out"], r["recipe"] + ("" if r["held_out_ok"] else " *"), r["n"],
+                  mean_sd_text(r["accuracy"], r["accuracy_sd"]), mean_sd_text(r["macro_f1"], r["macro_f1_sd"]),
+                  r["seeds"] or "–",
+                  " ".join(r["absent"]) or "–"] for r in res.rows])
+    typer.echo("* the model saw this domain in training (not a held-out figure)", err=True)
+    if json_out:
+        emit_json(res.to_dict())
 
 
 @app.command("classify")

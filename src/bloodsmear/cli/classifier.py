@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def train_cmd(
     config: Path = typer.Argument(..., help="Experiment config (YAML/JSON); `kind:` picks classifier (default), "
-                                            "domains, dann or grid."),
+                                            "domains, dann, grid, fast-unet or maskrcnn."),
     restart: bool = typer.Option(False, "--restart", help="Ignore an existing checkpoint and start over."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Override the output folder."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override epochs (domains/dann: train.epochs)."),

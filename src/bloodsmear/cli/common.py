@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from bloodsmear.errors import BloodsmearError
 from bloodsmear.inference.tta import check_tta
-from bloodsmear.io import _json_default
+from bloodsmear.io import json_default
 
 log = logging.getLogger(__name__)
 console = Console(stderr=False)
@@ -170,7 +170,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
 
 def emit_json(obj: Any) -> None:
     """Print one JSON object as the last line of output (the `--json` contract)."""
-    print(json.dumps(obj, default=_json_default), flush=True)
+    print(json.dumps(obj, default=json_default), flush=True)
 
 
 def _fmt(v: Any) -> str:

@@ -11,6 +11,7 @@ from bloodsmear.cli.common import App, emit_json, print_table
 from bloodsmear.data import load_dataset
 from bloodsmear.data.splits import SCHEMES, make_split, save_manifest
 from bloodsmear.data.summary import summarize
+from bloodsmear.errors import BloodsmearError
 
 app = App(help="Datasets: summaries and split manifests.", no_args_is_help=True)
 log = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ def split(
 ) -> None:
     """Seeded stratified split (duplicates kept together), written as a manifest JSON file."""
     if scheme not in SCHEMES:
-        log.error("unknown scheme %r (valid: %s)", scheme, ", ".join(SCHEMES))
-        raise typer.Exit(2)
+        raise BloodsmearError(f"--scheme: unknown scheme {scheme!r} (valid: {', '.join(SCHEMES)})")
     m = make_split(_load(path, format, strict), scheme, seed)
     save_manifest(m, out)
     counts = m.counts()

@@ -14,11 +14,12 @@ import typer
 from bloodsmear.cli.common import App, emit_json, print_table
 from bloodsmear.config import read_config_dict
 from bloodsmear.errors import BloodsmearError, InputError
-from bloodsmear.inference.pipeline import small_copy
+from bloodsmear.inference.pipeline import own_choice, small_copy
 from bloodsmear.inference.pipeline_config import PipelineConfig
-from bloodsmear.inference.scale_plan import folder_group
+from bloodsmear.inference.scale_plan import pool_scales
+from bloodsmear.inference.stages import rbc_estimate
 from bloodsmear.io import list_images, read_image, read_json, write_json_atomic, write_text_atomic
-from bloodsmear.preprocess.scale import choose_diameters, estimate_rbc_diameter
+from bloodsmear.preprocess.scale import SCALE_MODES
 from bloodsmear.settings import data_root
 from bloodsmear.training.seg_data import check_bccd_masks
 from bloodsmear.training.maskrcnn_data import MASK_RECIPES
@@ -44,17 +45,19 @@ def _config_kind(config: Path) -> str:
 def train(
     config: Path = typer.Argument(..., help="Training config: configs/segmenter/fast.yaml (kind fast-unet) or "
                                             "configs/segmenter/maskrcnn.yaml (kind maskrcnn)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: the config's out_dir)."),
-    restart: bool = typer.Option(False, "--restart", help="Delete OUT/checkpoint.pt and train from scratch."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: the config's out_dir). Fast U-Net: "
+                                       "the best model on the val splits goes to OUT/best; Mask R-CNN: the best "
+                                       "epoch is exported to the config's export_dir (default OUT/model)."),
+    restart: bool = typer.Option(False, "--restart", help="Delete OUT/checkpoint.pt and train from scratch "
+                                                          "(resuming with another config, time budgets and "
+                                                          "threads aside, is refused)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
-    """Train (or resume from OUT/checkpoint.pt) a segmenter. Fast U-Net: the best model on the val splits
-    goes to OUT/best; Mask R-CNN: the best epoch is exported to the config's export_dir (default OUT/model).
-    Resuming with another config (time budgets and threads aside) is refused: use --restart or --out."""
+    """Train a segmenter (fast U-Net or Mask R-CNN, by the config's kind), resuming from OUT/checkpoint.pt."""
     kind = _config_kind(config)
     cfg = KINDS[kind].load(config)
     if out is not None:
-        cfg = cfg.model_copy(update={"out_dir": str(out)})
+        cfg = cfg.updated(out_dir=str(out))
     if restart:
         (Path(cfg.out_dir) / "checkpoint.pt").unlink(missing_ok=True)
     if kind == "maskrcnn":
@@ -82,7 +85,7 @@ def export(
         raise InputError(config, "export is for Mask R-CNN trainings (the fast U-Net writes OUT/best as it trains)")
     cfg = MaskRCNNTrainConfig.load(config)
     if to is not None:
-        cfg = cfg.model_copy(update={"export_dir": str(to)})
+        cfg = cfg.updated(export_dir=str(to))
     emit_json({"model": str(export_best(cfg))})
 
 
@@ -142,35 +145,40 @@ def check_masks(
 
 @app.command("scale")
 def scale(
-    images: List[Path] = typer.Argument(..., help="Images or folders."),
+    images: List[Path] = typer.Argument(..., help="Images or folders (unreadable images are reported and "
+                                                  "skipped)."),
     mode: str = typer.Option("auto", "--mode", help="Pooling shown in the 'used' column: auto, field or folder "
-                                                    "(as analyze --scale)."),
+                                                    "(as analyze --scale: per folder and pixel size; a field "
+                                                    "without enough like fields checked against its size and "
+                                                    "its parts)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Typical red-cell diameter (px) of each image, and the one `analyze --scale MODE` uses (pooled per
-    folder and pixel size); unreadable images are reported and skipped."""
+    """Typical red-cell diameter (px) of each image, and the one `analyze --scale MODE` uses (as analyze pools)."""
     log = logging.getLogger(__name__)
-    rows, groups, skipped = [], [], 0
+    mode = mode.strip().lower()
+    if mode not in SCALE_MODES:
+        raise BloodsmearError(f"--mode: unknown scale mode {mode!r} (valid: {', '.join(SCALE_MODES)})")
+    max_side = PipelineConfig().scale_max_side  # measured as the pipeline does
+    rows, shapes, skipped = [], [], 0
     for p in [f for i in images for f in list_images(i)]:
         try:
             rgb = read_image(p)
-            small, f = small_copy(rgb, PipelineConfig().scale_max_side)  # measured as the pipeline does
-            e = estimate_rbc_diameter(small)
         except InputError as err:
             log.warning("skipped %s", err)
             skipped += 1
             continue
-        rows.append([str(p), e.diameter_px / f, e.confidence])
-        groups.append(folder_group(p, rgb.shape))
-    try:
-        chosen = choose_diameters([r[1] for r in rows], groups, mode.lower())
-    except ValueError as err:
-        typer.echo(f"error: --mode: {err}", err=True)
-        raise typer.Exit(2) from None
+        own, confidence = rbc_estimate(*small_copy(rgb, max_side))
+        rows.append([str(p), own, confidence])
+        shapes.append(rgb.shape[:2])
+    # the choice `analyze` makes: the folder's consensus (`plan_for`), else the field's own check
+    plan = pool_scales([Path(r[0]) for r in rows], [r[1] for r in rows], shapes, mode) if mode != "field" else {}
+    chosen = [plan.get(Path(r[0])) or own_choice(*small_copy(read_image(Path(r[0])), max_side), mode, r[1],
+                                                  name=r[0])
+              for r in rows]
     for r, c in zip(rows, chosen):
         r += [c.diameter_px, c.source]
     print_table("red-cell diameter", ["image", "diameter px", "confidence", f"used ({mode})", "source"], rows)
-    d = [r[1] for r in rows if np.isfinite(r[1])]
+    d = [r[1] for r in rows if r[1] is not None and np.isfinite(r[1])]
     if skipped:
         log.warning("%d image(s) skipped", skipped)
     if json_out:

@@ -2,9 +2,10 @@
 
 Writing (`to_coco_dict`, `write_coco`): image ids and annotation ids from 1, category ids from 1 in
 the order of `categories`; ``bbox`` is [x, y, w, h]; ``segmentation`` is the polygon (one flat list)
-or, for a cell with only a mask, an RLE; box-only cells carry no ``segmentation``; ``area`` is the
-mask/polygon/box area; ``iscrowd`` 0 unless ``cell.attributes["iscrowd"]``; ``score`` is written for
-cells that have one (predictions). Output loads with ``pycocotools.coco.COCO``.
+or, for a cell with only a mask, an RLE; box-only cells carry no ``segmentation``; ``area`` is
+`Cell.area` (polygon, else mask, else box: the figure results.json writes); ``iscrowd`` 0 unless
+``cell.attributes["iscrowd"]``; ``score`` is written for cells that have one (predictions). Output
+loads with ``pycocotools.coco.COCO``.
 
 Reading (`read_coco`): image paths are ``image_root/<file_name>`` (default: the JSON's folder, or its
 ``images/`` sub-folder when that holds the files); category names go through `classes.canonical`
@@ -62,14 +63,10 @@ def cell_annotation(cell: Cell, width: int, height: int) -> dict:
     seg_mask = None
     if cell.polygon is not None and len(cell.polygon) >= 3:
         ann["segmentation"] = [[round(float(v), 2) for v in cell.polygon.reshape(-1)]]
-        area = polygon_area(cell.polygon)
     else:
         seg_mask = _full_mask(cell, width, height)
         if seg_mask is not None:
             ann["segmentation"] = _rle(seg_mask)
-            area = float(seg_mask.sum())
-        else:
-            area = cell.area
     if cell.box is not None:
         x1, y1, x2, y2 = cell.box
     elif seg_mask is not None and seg_mask.any():
@@ -78,7 +75,7 @@ def cell_annotation(cell: Cell, width: int, height: int) -> dict:
     else:
         raise ValueError("cell has no polygon, mask or box")
     ann["bbox"] = [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)]
-    ann["area"] = round(float(area), 2)
+    ann["area"] = round(cell.area, 2)  # Cell.area: the one definition, as in results.json
     ann["iscrowd"] = int(cell.attributes.get("iscrowd", 0))
     if cell.score is not None:
         ann["score"] = float(cell.score)

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from bloodsmear.io import read_image, write_image_atomic, write_text_atomic
+from bloodsmear.preprocess.resize import resize_bilinear
 from bloodsmear.types import AnnotatedImage, Cell
 
 #: `DetectionError.kind` values.
@@ -133,7 +134,7 @@ def write_errors(out_dir: str | Path, root: Path, items: Sequence[tuple[Annotate
         errors.extend(errs)
         rgb = read_image(im.path)
         if rgb.shape[:2] != (im.height, im.width):
-            rgb = cv2.resize(rgb, (im.width, im.height), interpolation=cv2.INTER_LINEAR)
+            rgb = resize_bilinear(rgb, (im.width, im.height))
         write_image_atomic(out / "overlays" / (Path(name).with_suffix("").as_posix() + ".png"),
                            draw_errors(rgb, gt, pred, matches))
     write_text_atomic(out / "errors.csv", errors_csv(errors))

@@ -21,7 +21,6 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
@@ -33,7 +32,7 @@ from bloodsmear.inference.pipeline import Pipeline, WbcOnly
 from bloodsmear.inference.scale_plan import plan_for
 from bloodsmear.io import read_image, read_json
 from bloodsmear.metrics.detection import WBC_LABELS, evaluate_detection, match_cells
-from bloodsmear.preprocess.resize import resize_by
+from bloodsmear.preprocess.resize import resize_by, resize_by_to
 from bloodsmear.types import AnnotatedImage, Cell, Dataset
 
 log = logging.getLogger(__name__)
@@ -145,8 +144,7 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
             log.debug("%s: annotated size %sx%s differs from the image", im.path, im.width, im.height)
         if rescale != 1.0:
             gt = _rescale_image(im, rescale)
-            interp = cv2.INTER_AREA if rescale < 1 else cv2.INTER_LINEAR
-            rgb = cv2.resize(rgb, (gt.width, gt.height), interpolation=interp)
+            rgb = resize_by_to(rgb, rescale, (gt.width, gt.height))  # the plan's rule (resize_by), at the GT's size
         else:
             gt = AnnotatedImage(path=im.path, width=rgb.shape[1], height=rgb.shape[0], cells=im.cells,
                                 source=im.source, label=im.label, subclass=im.subclass,

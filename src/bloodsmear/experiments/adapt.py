@@ -139,7 +139,7 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
     # crops at input_size / crop_fraction, so the model's centre fraction is then cut and area-resized once
     size = int(round(info.input_size / max(info.crop_fraction, 1e-3)))
     if source is not None:
-        spec = DomainSpec("folder", str(Path(source).resolve()), size=size)
+        spec = DomainSpec(name="folder", root=str(Path(source).resolve()), size=size)
     elif t.get("kind") == "domains":
         key = t["run"]["train"][0]
         d = (t.get("domain_specs") or {}).get(key) or {"name": t["domains"][key]}
@@ -150,7 +150,7 @@ def source_data(info, folder: Path, source: str | Path | None = None, *, max_per
         if not d.get("dataset"):
             raise InputError(folder, "the model records no training dataset; pass --source FOLDER")
         name = {"pbc": "pbc", "lisc": "lisc"}.get(d.get("format", ""), "folder")
-        spec = DomainSpec(name, d["dataset"], size=size)
+        spec = DomainSpec(name=name, root=d["dataset"], size=size)
         manifest = _manifest_for(folder, info)
     root = Path(spec.root) if Path(spec.root).is_absolute() else data_root() / (spec.root or spec.name)
     if not root.exists():
@@ -225,10 +225,16 @@ def adapt_model(model_ref: str | Path, target: str | Path, out: str | Path, *, f
     params = [p for p in tail.parameters() if p.requires_grad] + list(objective.parameters())
     opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-4)
     keeper = _SourceKeeper(tail, val_loader, info.classes, val_before, max_source_drop, dev)
+    # a checkpoint in `out` is resumed only when written with these (threads and the device may change)
+    resume = {"model": str(Path(loaded.path).resolve()), "target": str(Path(target).resolve()), "fields": fields,
+              "pipeline": None if pipeline is None else str(pipeline),
+              "source": None if source is None else str(Path(source).resolve()), "epochs": epochs,
+              "batch_size": bs, "lr": lr, "train_from": train_from, "views": views, "seed": seed,
+              "max_per_class": max_per_class, "max_source_drop": max_source_drop, "dann": dann or {}}
     t0 = time.perf_counter()
     fr = fit(tail, objective, train_loader, None, opt, epochs=epochs, classes=list(info.classes),
              target_loader=target_loader, checkpoint=out / "checkpoint.pt", progress=progress,
-             on_epoch_end=keeper, device=dev)
+             on_epoch_end=keeper, device=dev, config=resume)
     secs = time.perf_counter() - t0
     kept = keeper.restore()
     after = evaluate(tail, test_loader, info.classes, device=dev).report

@@ -1,6 +1,6 @@
 """Single-WBC crops of each domain (PBC, LISC, BCCD), restricted to shared classes, cached as arrays.
 
-    dom = build_domain(DomainSpec("lisc", root, size=80), classes=["basophil", ...], cache_dir=...)
+    dom = build_domain(DomainSpec(name="lisc", root=root, size=80), classes=["basophil", ...], cache_dir=...)
     dom.images  # (N, size, size, 3) uint8;  dom.labels  # class indices;  dom.paths  # relative ids
 
 - PBC (single-cell images, the WBC at the centre): the whole image, resized.
@@ -21,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 
+from bloodsmear.config import StrictConfig
 from bloodsmear.data import load_dataset
 from bloodsmear.data.splits import file_hashes, make_split, per_class_sample
 from bloodsmear.errors import InputError
@@ -39,26 +41,31 @@ from bloodsmear.types import AnnotatedImage, Dataset
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
-DOMAINS = ("pbc", "lisc", "bccd", "folder")
+DomainName = Literal["pbc", "lisc", "bccd", "folder"]
+DOMAINS: tuple[str, ...] = get_args(DomainName)
 
 
-@dataclass
-class DomainSpec:
-    """Where one domain's crops come from and how they are cut."""
+class DomainSpec(StrictConfig):
+    """Where one domain's crops come from and how they are cut: an entry of a domains config's `domains:`
+    or a DANN config's `source:` / `target:` (those configs keep the entry as written, so their run
+    identities hold only the keys given; `check_domain` validates it against this model)."""
 
-    name: str  # pbc | lisc | bccd | folder (a class-per-folder of crops)
+    name: DomainName  # folder: a class-per-folder of crops
     root: str = ""  # dataset folder; relative names resolve against the data root
     size: int = 80  # output crop side (px)
     crop_side: int = 160  # LISC (crops: locate): square side around the located WBC (px, original field)
-    crops: str = "locate"  # LISC: "locate" (stain-contrast blob + crop_side square) or "pipeline" (the
-    #                        pipeline's segmenter + crop stage, the largest cell of each field: what `analyze` sees)
+    crops: Literal["locate", "pipeline"] = "locate"  # LISC: "locate" (stain-contrast blob + crop_side
+    #   square) or "pipeline" (the pipeline's segmenter + crop stage, the largest cell of each field: what
+    #   `analyze` sees)
     pipeline: str | None = None  # crops: pipeline -> that pipeline config (None: the shipped default)
     box_scale: float = 1.6  # BCCD: square side = box_scale * max(box w, h)
     max_per_class: int | None = None  # subsample (seeded) before splitting; None = all
     seed: int = 0
 
     def key(self, classes: list[str]) -> str:
-        d = asdict(self)
+        """The crop cache's key: a hash of every setting (field order and values as the dataclass this
+        model replaced wrote them, so existing caches keep their names) with the classes."""
+        d = self.model_dump()
         for k, default in (("crops", "locate"), ("pipeline", None)):  # older caches keep their keys
             if d.get(k) == default:
                 d.pop(k)
@@ -164,8 +171,6 @@ def _class_images(spec: DomainSpec, classes: list[str]):
 def _read_class_domain(spec: DomainSpec, classes: list[str]) -> tuple[list[np.ndarray], list[str], list[str], list[str]]:
     root, ims = _class_images(spec, classes)
     crops, labels, paths, skipped = [], [], [], []
-    if spec.crops not in ("locate", "pipeline"):
-        raise ValueError(f"crops must be locate or pipeline, got {spec.crops!r}")
     pipe = None
     if spec.name == "lisc" and spec.crops == "pipeline":
         pipe = segmenting_pipeline(spec.pipeline)
@@ -243,10 +248,8 @@ def build_domain(spec: DomainSpec, classes: list[str], *, cache_dir: str | Path 
                            [p.split("#")[0] for p in paths], str(_root(spec)), hashes)
     if spec.name == "bccd":
         crops, labels, paths, skipped = _read_bccd(spec, classes)
-    elif spec.name in ("pbc", "lisc", "folder"):
+    else:  # pbc, lisc, folder (DomainSpec validates the name)
         crops, labels, paths, skipped = _read_class_domain(spec, classes)
-    else:
-        raise ValueError(f"unknown domain {spec.name!r} (known: {', '.join(DOMAINS)})")
     for s in skipped:
         log.warning("%s: skipped %s", spec.name, s)
     if not crops:

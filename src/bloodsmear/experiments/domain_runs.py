@@ -82,7 +82,7 @@ def prepare_domains(domains: dict[str, dict], classes: list[str], *, scheme: str
         ref = crops[stain_reference].images[splits[stain_reference]["train"]]
         stain = ReinhardNormalizer(per_image=True).fit(list(ref))
     return Prepared(crops, splits, manifests, list(classes), stain,
-                    specs={k: asdict(DomainSpec(**{"size": size, **d})) for k, d in domains.items()},
+                    specs={k: DomainSpec(**{"size": size, **d}).to_dict() for k, d in domains.items()},
                     scheme=scheme, split_seed=split_seed)
 
 
@@ -104,8 +104,11 @@ def _maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSetting
     dom = prep.crops[key]
     views = ms.views if part == "train" else 1
     msd = {k: v for k, v in ms.to_dict().items() if not (k == "init_from" and v is None)}  # older caches stay valid
+    # class-per-folder domains share relative paths ("lymphocyte/x.png"): their root tells them apart
+    # (not added for the named datasets, so their existing caches keep their names)
+    where = [dom.root] if dom.name == "folder" else []
     h = hashlib.sha1(json.dumps([dom.paths[i] for i in idx] + [msd, stain, views, part,
-                                (prep.stain.to_dict() if stain else None)], default=str).encode()).hexdigest()[:12]
+                                (prep.stain.to_dict() if stain else None)] + where, default=str).encode()).hexdigest()[:12]
     cache = cache_dir / f"maps_{dom.name}_{part}_{h}.pt"
     policy = PaperPolicy() if ms.augment == "paper_dann" else None
     return cached_views(tail, prep.images(key, stain)[idx], policy=policy, views=views, seed=ms.aug_seed,
@@ -185,7 +188,8 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     select = rs.select_best_supervised and run.objective == "supervised"
     fr = fit(tail, objective, train_loader, val_loader if select else None, optimizer, epochs=rs.epochs,
              classes=prep.classes, checkpoint=out / "checkpoint.pt", progress=progress, target_loader=target_loader,
-             on_epoch_end=None if select else _log_val(tail, val_loader, prep.classes, dev), device=dev)
+             on_epoch_end=None if select else _log_val(tail, val_loader, prep.classes, dev), device=dev,
+             config=_resume_config(settings))
     results, feats = {}, {}
     for key in prep.crops:
         te = MapLoader(maps(key, "test"), labels(key, "test"), batch_size=256, shuffle=False)
@@ -200,6 +204,13 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
            "train_seconds": round(fr.train_seconds, 1), "model_dir": str(out / "model")}
     write_json_atomic(done, res)
     return res
+
+
+def _resume_config(settings: dict) -> dict:
+    """What a run's checkpoint must have been written with to be resumed: the run, its maps, its classes
+    and every training setting (one top-level key each, so a refusal names the one that changed, e.g.
+    `lr`); the device may change (it is not a setting)."""
+    return {**{k: v for k, v in settings.items() if k != "train"}, **settings["train"]}
 
 
 def _log_val(tail, val_loader, classes, device=None):
@@ -256,7 +267,7 @@ def run_card(info, run: RunSpec, prep: Prepared, metrics: dict, history: list[di
     lines = card_header(info.name, f"WBC classifier over {len(info.classes)} classes ({', '.join(info.classes)}): "
                         f"`{info.backbone}` (ImageNet) -> global average pooling -> Dense({info.hidden}) -> softmax. "
                         f"Trained {how}"
-                        f"{', every crop Reinhard-normalised to ' + names[t.get('stain_reference', 'A')] if run.stain else ''}.")
+                        f"{', every crop Reinhard-normalised to ' + names.get(t.get('stain_reference', 'A'), 'the reference stain') if run.stain else ''}.")
     lines += ["## Input", "",
              f"A single-WBC crop, square, resized to {info.input_size} px (PBC: the whole 224 px image; LISC: "
              + (f"a {prep.specs.get('B', {}).get('crop_side', 160)} px square around the WBC of a 720x576 field"

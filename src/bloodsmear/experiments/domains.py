@@ -61,7 +61,7 @@ def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | 
     names = domain_names({k: c.name for k, c in prep.crops.items()})
     rows, first = [], None
     for seed in (cfg.seeds or [rs.seed]):
-        rs_seed = rs.model_copy(update={"seed": int(seed)})
+        rs_seed = rs.updated(seed=int(seed))
         run_dir = out / "runs" if not cfg.seeds else out / "runs" / f"seed{seed}"
         results = {}
         for r in runs:

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import field_validator
 
 from bloodsmear.classes import LISC_CLASSES, PBC_CLASSES, canonical, common_between
-from bloodsmear.config import StrictConfig, load_config
+from bloodsmear.config import StrictConfig, load_config, validate_config
+from bloodsmear.errors import InputError
 from bloodsmear.experiments.domain_data import DOMAINS, DomainSpec
 from bloodsmear.experiments.domain_runs import MapSettings, RunSettings, RunSpec
 from bloodsmear.inference.tta import check_tta
@@ -69,13 +70,14 @@ class DomainsConfig(StrictConfig):
 
 
 def check_domain(d: dict, where: str) -> None:
-    """ValueError naming the dotted key unless `d` is a mapping of `DomainSpec` settings with a name."""
-    known = [f.name for f in fields(DomainSpec)]
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key '{where}.{unknown[0]}' (valid: {', '.join(sorted(known))})")
-    if "name" not in d:
-        raise ValueError(f"{where} needs a name ({', '.join(DOMAINS)})")
+    """ValueError naming the dotted key unless `d` is a valid `DomainSpec` (a name and known settings)."""
+    try:
+        validate_config(DomainSpec, d, prefix=f"{where}.")
+    except InputError as e:
+        problem = e.problem
+        if "name" not in d and not problem.startswith("unknown key"):
+            problem = f"{where} needs a name ({', '.join(DOMAINS)})"
+        raise ValueError(problem) from None
 
 
 def load_domains_config(path: str | Path, overrides: dict | list[str] | None = None) -> DomainsConfig:

@@ -5,7 +5,8 @@
 
 A config file's top-level `kind:` (default "classifier") picks its `Kind`. Every kind declares which
 CLI shortcuts it takes and the dotted key each sets (`--epochs` is `epochs` for a classifier,
-`train.epochs` for domains and DANN runs); `--set a.b=value` sets any key of the kind's config.
+`train.epochs` for domains and DANN runs; the segmenters, `fast-unet` and `maskrcnn`, take none: they
+count iterations or two epoch stages); `--set a.b=value` sets any key of the kind's config.
 A shortcut the kind does not declare, or a `--set` key its config does not have, is one `InputError`
 naming the valid ones.
 """
@@ -23,6 +24,8 @@ from bloodsmear.experiments.dann import DannConfig, run_id, train_dann
 from bloodsmear.experiments.domains import run_domains
 from bloodsmear.experiments.domains_config import DomainsConfig
 from bloodsmear.experiments.grid import GridConfig, load_grid_config, run_grid
+from bloodsmear.training.maskrcnn_train import MaskRCNNTrainConfig, train_maskrcnn
+from bloodsmear.training.seg_train import SegTrainConfig, train_segmenter
 from bloodsmear.training.trainer import train
 
 DEFAULT_KIND = "classifier"
@@ -62,6 +65,33 @@ def _run_grid(cfg: GridConfig, *, restart: bool = False, progress: bool = True):
     return run_grid(cfg, rerun=restart)
 
 
+@dataclass(frozen=True)
+class SegmenterRun:
+    """What a segmenter training returns to `bloodsmear train`: the model folder and its summary figures."""
+
+    figures: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.figures)
+
+
+def _run_fast_unet(cfg: SegTrainConfig, *, restart: bool = False, progress: bool = True) -> SegmenterRun:
+    if restart:
+        (Path(cfg.out_dir) / "checkpoint.pt").unlink(missing_ok=True)
+    s = train_segmenter(cfg, progress=progress)
+    best = s["best_val"] or {}
+    return SegmenterRun({"model": str(Path(cfg.out_dir) / "best"), "iterations": s["iterations"],
+                         "minutes": s["minutes"], "cpu_minutes": s["cpu_minutes"], "best_iter": s["best_iter"],
+                         **{f"val_{k}": best.get(k) for k in ("precision", "recall", "f1")},
+                         "best_val": s["best_val"], "config": s["config"], "data": s["data"]})
+
+
+def _run_maskrcnn(cfg: MaskRCNNTrainConfig, *, restart: bool = False, progress: bool = True) -> SegmenterRun:
+    if restart:
+        (Path(cfg.out_dir) / "checkpoint.pt").unlink(missing_ok=True)
+    return SegmenterRun({"model": str(train_maskrcnn(cfg))})
+
+
 _TOP = {"epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size", "seed": "train.seed",
         "pretrained": "train.pretrained", "out_dir": "out_dir", "device": "device"}  # domains and DANN runs
 
@@ -74,6 +104,13 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("grid", GridConfig, _run_grid,
          {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "seed": "seed", "out_dir": "out"},
          load=lambda path, over: load_grid_config(path, over)),
+    Kind("fast-unet", SegTrainConfig, _run_fast_unet,
+         {"lr": "lr", "batch_size": "batch_size", "seed": "seed", "out_dir": "out_dir"},  # iterations, not epochs
+         load=lambda path, over: SegTrainConfig.load(path, over)),
+    Kind("maskrcnn", MaskRCNNTrainConfig, _run_maskrcnn,
+         {"lr": "lr", "batch_size": "batch_size", "seed": "seed", "out_dir": "out_dir",
+          "pretrained": "pretrained_backbone"},  # two epoch counts (heads, all): --set epochs_all=N
+         load=lambda path, over: MaskRCNNTrainConfig.load(path, over)),
 )}
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -148,6 +149,12 @@ def _load_record(path: Path) -> dict | None:
         return None
 
 
+#: what an image's analysis may fail with and still leave the run going (the image is skipped, its
+#: reason in skipped.csv): input errors, and OpenCV / numpy / file errors on odd pixels. Anything else
+#: (a TypeError, AttributeError, ...) is a bug of the pipeline or a stage: it stops the run.
+IMAGE_ERRORS = (BloodsmearError, ValueError, OSError, cv2.error)
+
+
 def _is_done(out_dir: Path, job: ImageJob, overlays: bool) -> bool:
     return record_path(out_dir, job.name).is_file() and (not overlays or overlay_path(out_dir, job.name).is_file())
 
@@ -189,13 +196,13 @@ def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipe
         try:
             todo.append((job, rgb, pipeline.detect(rgb, scale=scales.get(job.path, scale), name=job.name,
                                                    path=job.path)))
-        except Exception as e:  # noqa: BLE001
+        except IMAGE_ERRORS as e:
             out.append((job, _reason(job, e)))
     try:
         t0 = time.perf_counter()
         pipeline.classify_many([(d.crop_source, d.cells, d.rbc_diameter_px) for _, _, d in todo])
         share = (time.perf_counter() - t0) / max(1, len(todo))
-    except Exception as e:  # noqa: BLE001
+    except IMAGE_ERRORS as e:
         return out + [(job, _reason(job, e)) for job, _, _ in todo]
     for job, rgb, det in todo:
         det.timings["classify"] = share

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 def optimize_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     """Eval-mode copy with Conv+BatchNorm folded (torch.fx) and channels-last memory; falls back to the model."""
     model = model.eval()
-    try:
+    try:  # imported here: torch.fx is heavy to import, only this optional fusion needs it, and a torch
+        # build without it (or a backbone it cannot trace) still classifies, unfused
         from torch.fx.experimental.optimization import fuse
 
         fused = fuse(model)

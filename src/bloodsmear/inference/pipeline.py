@@ -157,8 +157,8 @@ class Pipeline:
         `small` is the image downscaled by `small_factor` (the red cells are measured there). A
         `ScaleChoice` (a folder's consensus, see `inference.scale_plan`) is used as it is; "field" is the
         field's own estimate; "auto" and "folder" on a field without a folder's consensus check its own
-        estimate against its size and its parts (`preprocess.scale.lone_field_choice`; a warning naming
-        the field, `name`, when its own estimate is not used)."""
+        estimate against its size and its parts (`own_choice`; a warning naming the field, `name`, when
+        its own estimate is not used)."""
         target = float(self.segmenter.rbc_diameter_px)
         if isinstance(scale, ScaleChoice):
             if scale.diameter_px is None:
@@ -169,27 +169,10 @@ class Pipeline:
         if given is not None:
             return float(np.clip(target / given, *FACTOR_RANGE)), given, "given"
         d = estimate_rbc_diameter_px(small, small_factor)
-        if scale_mode(value) != "field":
-            choice = self.lone_choice(small, small_factor, d)
-            if choice.source != "estimated":
-                h, w = (round(v / small_factor) for v in small.shape[:2])
-                why = ("no red-cell estimate" if d is None or not np.isfinite(d) or d <= 0 else
-                       f"red-cell estimate {d:.0f} px implausible for a {w}x{h} field"
-                       if not plausible_diameter(d, max(h, w)) else
-                       f"red-cell estimate {d:.0f} px far off its parts' {choice.diameter_px:.0f} px")
-                log.warning("%s: %s, and no folder of like fields to check it against: analysed at %.0f px "
-                            "(%s)", name, why, choice.diameter_px, choice.source)
-            return float(np.clip(target / choice.diameter_px, *FACTOR_RANGE)), choice.diameter_px, choice.source
-        if d is None or not np.isfinite(d) or d <= 0:
+        choice = own_choice(small, small_factor, scale_mode(value), d, name=name)
+        if choice.diameter_px is None:
             return 1.0, None, "fallback"
-        return float(np.clip(target / d, *FACTOR_RANGE)), float(d), "estimated"
-
-    def lone_choice(self, small: np.ndarray, small_factor: float, own: float | None) -> ScaleChoice:
-        """`lone_field_choice` of a field (`small`: it downscaled by `small_factor`; `own`: its own
-        estimate in original px), its parts (`part_windows`) measured on `small` too."""
-        long_side = max(small.shape[:2]) / small_factor
-        parts = [estimate_rbc_diameter_px(win, small_factor) for win in part_windows(small)]
-        return lone_field_choice(own, parts, long_side)
+        return float(np.clip(target / choice.diameter_px, *FACTOR_RANGE)), float(choice.diameter_px), choice.source
 
     def small_copy(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
         """(the image downscaled to at most `scale_max_side`, that factor): red cells are measured there."""
@@ -317,6 +300,35 @@ class Pipeline:
 
 
 # ---------------------------------------------------------------------- geometry helpers
+
+
+def lone_choice(small: np.ndarray, small_factor: float, own: float | None) -> ScaleChoice:
+    """`lone_field_choice` of a field (`small`: it downscaled by `small_factor`; `own`: its own
+    estimate in original px), its parts (`part_windows`) measured on `small` too."""
+    long_side = max(small.shape[:2]) / small_factor
+    parts = [estimate_rbc_diameter_px(win, small_factor) for win in part_windows(small)]
+    return lone_field_choice(own, parts, long_side)
+
+
+def own_choice(small: np.ndarray, small_factor: float, mode: str, own: float | None, *,
+               name: object = "image") -> ScaleChoice:
+    """The diameter a field without a folder's consensus (see `inference.scale_plan`) is analysed at in
+    scale mode `mode`: "field": its own estimate `own` (original px); "auto" and "folder": `lone_choice`,
+    with a warning naming the field (`name`) when its own estimate is not used. `small`: the field
+    downscaled by `small_factor`."""
+    if mode == "field":
+        ok = own is not None and np.isfinite(own) and own > 0
+        return ScaleChoice(float(own), "estimated") if ok else ScaleChoice(None, "fallback")
+    choice = lone_choice(small, small_factor, own)
+    if choice.source != "estimated":
+        h, w = (round(v / small_factor) for v in small.shape[:2])
+        why = ("no red-cell estimate" if own is None or not np.isfinite(own) or own <= 0 else
+               f"red-cell estimate {own:.0f} px implausible for a {w}x{h} field"
+               if not plausible_diameter(own, max(h, w)) else
+               f"red-cell estimate {own:.0f} px far off its parts' {choice.diameter_px:.0f} px")
+        log.warning("%s: %s, and no folder of like fields to check it against: analysed at %.0f px "
+                    "(%s)", name, why, choice.diameter_px, choice.source)
+    return choice
 
 
 def small_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

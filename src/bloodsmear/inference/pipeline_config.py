@@ -2,7 +2,7 @@
 
     cfg = PipelineConfig.load("default")          # a shipped pipeline (bloodsmear/zoo/pipelines/<name>.yaml)
     cfg = PipelineConfig.load("my_pipeline.yaml")  # or a file; relative model paths resolve from its folder
-    cfg.model_copy(update={"review_threshold": 0.7})
+    cfg.updated(review_threshold=0.7)              # a changed copy, validated (also `validate()`)
 
 Unknown keys and wrong types are one `InputError` line (see `bloodsmear.config`); `validate()` checks
 the values that depend on each other. `parse_scale` / `scale_mode` read the `scale` setting (also the
@@ -70,6 +70,12 @@ class PipelineConfig(StrictConfig):
         raw.setdefault("name", path.stem)
         cfg = validate_config(cls, {**raw, "base_dir": str(path.parent.resolve())}, path)
         cfg.validate(path)
+        return cfg
+
+    def updated(self, **changes) -> "PipelineConfig":
+        """`StrictConfig.updated`, then `validate()` (the values that depend on each other)."""
+        cfg = super().updated(**changes)
+        cfg.validate()
         return cfg
 
     def validate(self, where: object = None) -> None:  # type: ignore[override]  # pydantic's is deprecated

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bloodsmear.errors import BloodsmearError
 from bloodsmear.inference.pipeline_config import parse_scale, scale_mode
-from bloodsmear.io import _json_default
-from bloodsmear.models.folder import DEFAULTS, file_sha256, read_folder_config, resolve_model
+from bloodsmear.io import json_default
+from bloodsmear.models.folder import CLASSIFIER, SEGMENTER_KINDS, file_sha256, read_folder_config, resolve_model
 
 PER_IMAGE_DIR = "_per_image"
 OVERLAY_DIR = "overlays"
@@ -66,16 +66,18 @@ def _sha256(path: Path) -> str | None:
     return _checksums[key]
 
 
-def _model_checksums(stage: str, ref: str, base_dir: str | None) -> dict | None:
-    """sha256 of a stage's model folder files (weights, config.json); None where `ref` names no folder
-    (e.g. "none": a segmenter-only pipeline's screening stage, or a test's fake)."""
-    if stage == "segmenter" and str(ref) == "default":
-        ref = DEFAULTS["segmenter"]
-    try:
-        folder = resolve_model(ref, base_dir=base_dir)
-        weights = str(read_folder_config(folder).get("weights") or "weights.pt")
-    except BloodsmearError:
+#: the kind(s) of model folder each pipeline stage names
+STAGE_KINDS = {"segmenter": SEGMENTER_KINDS, "screening": CLASSIFIER, "refine": CLASSIFIER}
+
+
+def _model_checksums(stage: str, ref: str | None, base_dir: str | None) -> dict | None:
+    """sha256 of a stage's model folder files (weights, config.json); None for a stage without a model
+    ("none": a segmenter-only pipeline's screening stage). A reference that names no model folder of the
+    stage's kind is the loader's InputError (a run's identity never leaves a model out)."""
+    if ref is None or str(ref).strip().lower() in ("", "none"):
         return None
+    folder = resolve_model(ref, kind=STAGE_KINDS[stage], base_dir=base_dir)
+    weights = str(read_folder_config(folder).get("weights") or "weights.pt")
     return {"weights": _sha256(folder / weights), "config": _sha256(folder / "config.json")}
 
 
@@ -92,7 +94,7 @@ def run_identity(pipeline, scale: str | float | None = None) -> dict:
     value = getattr(cfg, "scale", "auto") if scale is None else scale
     mode = scale_mode(value)
     ident = {"pipeline": desc, "models": models, "scale": mode if mode is not None else parse_scale(value, "scale")}
-    return json.loads(json.dumps(ident, default=_json_default, sort_keys=True))
+    return json.loads(json.dumps(ident, default=json_default, sort_keys=True))
 
 
 def _differences(old: object, new: object, where: str = "") -> list[str]:

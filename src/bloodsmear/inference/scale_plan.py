@@ -55,14 +55,23 @@ def plan_scales(paths: Sequence[Path], estimate: Callable[[np.ndarray], float | 
     paths = [Path(p) for p in paths]
     measured = list(map_fn(lambda p: _measure(p, estimate, transform), paths))
     keep = [(p, m) for p, m in zip(paths, measured) if m is not None]
-    if not keep:
+    return pool_scales([p for p, _ in keep], [m[0] for _, m in keep], [m[1] for _, m in keep], mode)
+
+
+def pool_scales(paths: Sequence[Path], estimates: Sequence[float | None], shapes: Sequence[Sequence[int]],
+                mode: str = "auto") -> dict[Path, ScaleChoice]:
+    """`plan_scales` of fields already measured: `estimates[i]` is the own red-cell diameter (original
+    px, or None) of the field `paths[i]` of `shapes[i]` (height, width). The fields left out (groups too
+    small for a consensus, in the modes that pool) get `inference.pipeline.own_choice`."""
+    if not paths:
         return {}
-    groups = [folder_group(p, m[1]) for p, m in keep]
-    choices = choose_diameters([m[0] for _, m in keep], groups, mode)
+    paths = [Path(p) for p in paths]
+    groups = [folder_group(p, s) for p, s in zip(paths, shapes)]
+    choices = choose_diameters(list(estimates), groups, mode)
     n_est: dict[tuple, int] = {}
-    for (_, m), g in zip(keep, groups):
-        n_est[g] = n_est.get(g, 0) + (m[0] is not None and np.isfinite(m[0]) and m[0] > 0)
-    plan = {p: c for (p, _), g, c in zip(keep, groups, choices)
+    for e, g in zip(estimates, groups):
+        n_est[g] = n_est.get(g, 0) + (e is not None and np.isfinite(e) and e > 0)
+    plan = {p: c for p, g, c in zip(paths, groups, choices)
             if mode == "field" or n_est[g] >= CONSENSUS_MIN_FIELDS}
     n_pooled = sum(c.source == "folder-median" for c in choices)
     if n_pooled and mode == "auto":

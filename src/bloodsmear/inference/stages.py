@@ -81,13 +81,20 @@ def crop_cells(rgb: np.ndarray | CropSource, cells: Sequence[Cell], *, padding: 
     return out
 
 
-def estimate_rbc_diameter_px(small: np.ndarray, f: float = 1.0) -> float | None:
-    """Typical red-cell diameter in ORIGINAL pixels, measured on `small` = the image resized by `f`
-    (None when no red cells are found)."""
+def rbc_estimate(small: np.ndarray, f: float = 1.0) -> tuple[float | None, float | None]:
+    """(typical red-cell diameter in ORIGINAL pixels, its confidence), measured on `small` = the image
+    resized by `f` (`preprocess.scale.estimate_rbc_diameter`); (None, None) when it cannot be measured."""
     try:
         d = estimate_rbc_diameter(small)
     except (ValueError, InputError) as e:
         log.debug("red-cell size not estimated: %s", e)
-        return None
+        return None, None
+    conf = getattr(d, "confidence", None)
     d = getattr(d, "diameter_px", d)  # a result object or a plain number
-    return None if d is None else float(d) / f
+    return (None if d is None else float(d) / f), conf
+
+
+def estimate_rbc_diameter_px(small: np.ndarray, f: float = 1.0) -> float | None:
+    """Typical red-cell diameter in ORIGINAL pixels, measured on `small` = the image resized by `f`
+    (None when no red cells are found)."""
+    return rbc_estimate(small, f)[0]

@@ -95,7 +95,7 @@ def save_model(model: torch.nn.Module, folder: str | Path, info: ModelInfo, *, h
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not info.bloodsmear_version:
-        info = info.model_copy(update={"bloodsmear_version": __version__})
+        info = info.updated(bloodsmear_version=__version__)
     sd = _state_dict_for_save(model, info.dtype)
     wfile = folder / info.weights
     with atomic_path(wfile) as tmp:

@@ -6,7 +6,7 @@
 
 Modes: "frozen" (only the head trains; backbone parameters have requires_grad False and its BatchNorm
 layers stay in eval mode even in `model.train()`) and "finetune" (everything trains).
-Inputs are normalised float tensors (B, 3, S, S); `bloodsmear.training.loaders.to_tensor` makes them.
+Inputs are normalised float tensors (B, 3, S, S); `bloodsmear.preprocess.transforms.to_tensor` makes them.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from bloodsmear.errors import BloodsmearError
+from bloodsmear.settings import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def weight_dirs() -> list[Path]:
     env = os.environ.get("BLOODSMEAR_WEIGHTS")
     if env:
         dirs.append(Path(env).expanduser())
-    dirs.append(Path.home() / ".cache" / "bloodsmear" / "weights")
+    dirs.append(cache_dir("weights"))
     dirs.append(hub_checkpoints_dir())
     return dirs
 

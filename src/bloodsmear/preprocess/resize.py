@@ -5,6 +5,8 @@ a function that may hand back its input itself says so.
 
     resize_by(rgb, 0.5)                     # AREA when shrinking, bilinear when enlarging
     resize_by(labels, 2.0, nearest=True)    # label maps and masks: nearest neighbour
+    resize_by_to(rgb, 0.5, (w, h))          # resize_by's rule to a size given (e.g. an annotation's)
+    resize_bilinear(rgb, (w, h))            # to a size given, always bilinear (drawings, not analysed)
     resize_to_scale(rgb, 1.0)               # like resize_by, but always a new array
     resize_longer_side(crop, 224)           # longer side to 224, aspect kept
     resize_square(crop, 80)                 # (80, 80): AREA shrinking, bilinear enlarging
@@ -16,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["resize_by", "resize_to_scale", "resize_longer_side", "resize_square", "resize_square_bicubic"]
+__all__ = ["resize_by", "resize_by_to", "resize_bilinear", "resize_to_scale", "resize_longer_side", "resize_square", "resize_square_bicubic"]
 
 
 def _area_or_linear(shrinking: bool) -> int:
@@ -29,9 +31,22 @@ def resize_by(img: np.ndarray, factor: float, *, nearest: bool = False, tol: flo
     if abs(factor - 1.0) < tol:
         return img
     h, w = img.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return resize_by_to(img, factor, (max(1, round(w * factor)), max(1, round(h * factor))), nearest=nearest)
+
+
+def resize_by_to(img: np.ndarray, factor: float, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
+    """`resize_by`'s rule (nearest neighbour with `nearest`, else INTER_AREA when factor < 1 and
+    INTER_LINEAR otherwise) to the (width, height) `size` given: an image rescaled by `factor` to its
+    annotation's rescaled size (`evaluate --rescale`), which may round otherwise than its own pixels.
+    Always a new array."""
     interp = cv2.INTER_NEAREST if nearest else _area_or_linear(factor < 1)
-    return cv2.resize(img, size, interpolation=interp)
+    return cv2.resize(img, (int(size[0]), int(size[1])), interpolation=interp)
+
+
+def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`img` at the (width, height) `size`, INTER_LINEAR whichever way (an image brought to its
+    annotation's size to draw on, as `evaluate --errors` does). Always a new array."""
+    return cv2.resize(img, (int(size[0]), int(size[1])), interpolation=cv2.INTER_LINEAR)
 
 
 def resize_to_scale(img: np.ndarray, factor: float) -> np.ndarray:

@@ -75,10 +75,10 @@ def cell_mask(rgb: np.ndarray) -> np.ndarray:
     g = cv2.GaussianBlur(g, (0, 0), 1.0)
     t, _ = cv2.threshold(g, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     m = (g < t).astype(np.uint8)
-    return _fill_holes(m).astype(bool)
+    return fill_holes(m).astype(bool)
 
 
-def _fill_holes(m: np.ndarray) -> np.ndarray:
+def fill_holes(m: np.ndarray) -> np.ndarray:
     """Fill background regions not connected to the image border (uint8 0/1 in, uint8 0/1 out)."""
     h, w = m.shape
     pad = np.zeros((h + 2, w + 2), np.uint8)

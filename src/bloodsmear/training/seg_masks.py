@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from bloodsmear.preprocess.scale import _fill_holes
+from bloodsmear.preprocess.scale import fill_holes
 
 Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 (exclusive end)
 
@@ -93,7 +93,7 @@ def whole_cell_mask(rgb: np.ndarray, rect: Rect, nucleus: np.ndarray | None = No
         fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
     k = max(3, int(side * 0.06) | 1)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    fg = _fill_holes(fg | (nuc_roi & inside).astype(np.uint8))
+    fg = fill_holes(fg | (nuc_roi & inside).astype(np.uint8))
     n, lab = cv2.connectedComponents(fg, connectivity=8)
     touching = np.unique(lab[(nuc_roi & inside) & (lab > 0)])
     fg = np.isin(lab, touching[touching > 0])

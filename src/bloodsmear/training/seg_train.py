@@ -26,8 +26,8 @@ from scipy import ndimage as ndi
 
 from bloodsmear.config import StrictConfig, load_config
 from bloodsmear.errors import InputError
-from bloodsmear.geometry import box_iou_matrix
 from bloodsmear.io import write_json_atomic
+from bloodsmear.metrics.detection import matched_prf
 from bloodsmear.models.segmenter import FastSegConfig, FastSegmenter, build_net, normalise
 from bloodsmear.settings import data_root as default_root
 from bloodsmear.training.checkpoint import load_checkpoint, save_checkpoint
@@ -35,6 +35,7 @@ from bloodsmear.training.engine import train_one_epoch
 from bloodsmear.training.objectives import build_objective
 from bloodsmear.training.seg_data import FieldDataConfig, SegField, build_field_dataset
 from bloodsmear.training.seg_objectives import seg_loss  # noqa: F401 - the loss lives with its objective
+from bloodsmear.types import AnnotatedImage, Cell
 
 log = logging.getLogger(__name__)
 RESUMABLE_KEYS = ("budget_minutes", "max_wall_minutes", "threads", "out_dir")  # may change when resuming
@@ -179,42 +180,30 @@ class CropStream:
 # ------------------------------------------------------------------ validation
 
 
-def box_prf(gt_boxes: list, pred_boxes: list, iou: float = 0.5) -> tuple[int, int, int]:
-    """(tp, fp, fn) of a greedy one-to-one box match at IoU >= `iou` (predictions in score order)."""
-    used = set()
-    tp = 0
-    ious = box_iou_matrix(pred_boxes, gt_boxes)
-    for k in range(len(pred_boxes)):
-        best, bj = 0.0, -1
-        for j in range(len(gt_boxes)):
-            if j in used:
-                continue
-            v = float(ious[k, j])
-            if v > best:
-                best, bj = v, j
-        if best >= iou:
-            used.add(bj)
-            tp += 1
-    return tp, len(pred_boxes) - tp, len(gt_boxes) - tp
-
-
-def label_boxes(lab: np.ndarray) -> list[tuple[float, float, float, float]]:
-    return [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndi.find_objects(lab) if s is not None]
+def label_cells(lab: np.ndarray) -> list[Cell]:
+    """One box-only "wbc" Cell per instance of a label image, listed last label first: `match_cells`
+    gives an exact IoU tie to the later GT cell, so a tie goes to the lower label (the rule every
+    recorded validation history was computed with)."""
+    boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndi.find_objects(lab) if s is not None]
+    return [Cell(label="wbc", box=b) for b in reversed(boxes)]
 
 
 def validate(seg: FastSegmenter, fields: list[SegField], store_rbc: float) -> dict:
-    """Box P/R/F1 at IoU 0.5 on validation fields brought to the working scale."""
+    """Box P/R/F1 at IoU 0.5 (`metrics.detection.matched_prf`, class-agnostic, predictions greedily in
+    score order) on validation fields brought to the working scale."""
     f = seg.rbc_diameter_px / store_rbc
-    tp = fp = fn = 0
-    for fl in fields:
+    gt, pred = [], []
+    for i, fl in enumerate(fields):
         img = cv2.resize(fl.image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         lab = cv2.resize(fl.labels.astype(np.int32), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-        pred = [c.box for c in seg.predict(img)]
-        a, b, c = box_prf(label_boxes(lab), pred)
-        tp, fp, fn = tp + a, fp + b, fn + c
-    p = tp / max(tp + fp, 1)
-    r = tp / max(tp + fn, 1)
-    return {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-9), "tp": tp, "fp": fp, "fn": fn}
+        name, (h, w) = Path(f"field-{i}"), img.shape[:2]  # unique: fields pair by position
+        gt.append(AnnotatedImage(path=name, width=w, height=h, cells=label_cells(lab)))
+        pred.append(AnnotatedImage(path=name, width=w, height=h, cells=seg.predict(img)))
+    prf = matched_prf(gt, pred, class_agnostic=True)
+    m = next(iter(prf.values()), None)
+    if m is None:  # no cell on either side
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 0}
+    return {"precision": m.precision, "recall": m.recall, "f1": m.f1, "tp": m.tp, "fp": m.fp, "fn": m.fn}
 
 
 # ------------------------------------------------------------------ the loop

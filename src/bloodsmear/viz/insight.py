@@ -42,6 +42,11 @@ class FilterRangeError(BloodsmearError, IndexError):
     pass
 
 
+class LayerError(BloodsmearError, ValueError):
+    """A layer (named or looked for) that cannot serve: no spatial output, not run by the forward pass,
+    no gradient reaching it, or no layer of the kind needed."""
+
+
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The sub-module called `name`; an unknown name lists (some of) the valid conv layer names."""
     mods = dict(model.named_modules())
@@ -55,7 +60,7 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 def last_conv_layer(model: nn.Module) -> str:
     convs = conv_layer_names(model)
     if not convs:
-        raise ValueError("model has no Conv2d layer: name a target layer explicitly")
+        raise LayerError("the model has no Conv2d layer: name a target layer with --layer")
     return convs[-1]
 
 
@@ -90,21 +95,29 @@ def default_cam_layer(model: nn.Module, x: torch.Tensor) -> str:
         return four[-1]
     if order:
         return order[-1][0]
-    raise ValueError("no layer with a spatial output found: name a target layer explicitly")
+    raise LayerError("no layer of the model has a spatial output: name a target layer with --layer")
 
 
-def _as_4d(out: torch.Tensor) -> torch.Tensor:
+def _as_4d(out: torch.Tensor, layer: str) -> torch.Tensor:
     """(N, C, H, W) from a conv output, or from ViT tokens (N, T, C) with a square patch grid."""
     if out.ndim == 4:
         return out
     if out.ndim == 3:
         n, t, c = out.shape
         side = int(np.sqrt(t))  # class/register tokens (at most 8) come before the patch grid
-        if side == 0 or t - side * side > 8:
-            raise ValueError(f"cannot read a spatial map from a layer output of shape {tuple(out.shape)}")
-        grid = out[:, t - side * side :, :]
-        return grid.transpose(1, 2).reshape(n, c, side, side)
-    raise ValueError(f"layer output of shape {tuple(out.shape)} has no spatial map")
+        if side > 0 and t - side * side <= 8:
+            grid = out[:, t - side * side :, :]
+            return grid.transpose(1, 2).reshape(n, c, side, side)
+    raise LayerError(f"layer {layer!r} has no spatial map (its output is {tuple(out.shape)}): name a conv layer "
+                     "(`bloodsmear insight actmax MODEL --list-layers`)")
+
+
+def _captured(store: dict, key: str, layer: str) -> torch.Tensor:
+    """What a hook on `layer` stored under `key` ("out"/"act": its output; "grad": the gradient reaching it)."""
+    if key not in store:
+        why = "gets no gradient from the class score" if key == "grad" else "is not run by the model's forward pass"
+        raise LayerError(f"layer {layer!r} {why}: name another layer (`bloodsmear insight actmax MODEL --list-layers`)")
+    return store[key]
 
 
 def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -171,7 +184,7 @@ def activation_maximisation(
 
     def act_of(x: torch.Tensor) -> torch.Tensor:
         model(_normalise(x, mean, std))
-        out = _as_4d(captured["out"])
+        out = _as_4d(_captured(captured, "out", layer), layer)
         if not 0 <= filter < out.shape[1]:
             raise FilterRangeError(f"layer {layer!r} has {out.shape[1]} filters; filter {filter} is out of range")
         return out[:, filter].mean()
@@ -251,7 +264,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, *, layer: str | None = None, tar
     def fwd(_m, _i, out):
         out = out if isinstance(out, torch.Tensor) else out[0]
         store["act"] = out
-        out.register_hook(lambda g: store.__setitem__("grad", g))
+        if out.requires_grad:  # else no gradient reaches it (_captured says so)
+            out.register_hook(lambda g: store.__setitem__("grad", g))
 
     was_training = model.training
     model.eval()
@@ -273,7 +287,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, *, layer: str | None = None, tar
     finally:
         h.remove()
         model.train(was_training)
-    act, grad = _as_4d(store["act"].detach()), _as_4d(store["grad"].detach())
+    act = _as_4d(_captured(store, "act", layer).detach(), layer)
+    grad = _as_4d(_captured(store, "grad", layer).detach(), layer)
     weights = grad.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * act).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -305,7 +320,7 @@ def penultimate_features(model: nn.Module, batches, *, layer: str | None = None)
     if layer is None:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise ValueError("model has no nn.Linear layer: name the feature layer explicitly")
+            raise LayerError("the model has no nn.Linear layer: name the feature layer explicitly")
         layer = linears[-1]
     mod = get_layer(model, layer)
     feats: list[torch.Tensor] = []

@@ -23,6 +23,7 @@ from sklearn.manifold import TSNE
 from bloodsmear.data import load_dataset
 from bloodsmear.errors import InputError
 from bloodsmear.io import atomic_path
+from bloodsmear.metrics.plots import plt  # pyplot on the Agg backend (files only)
 from bloodsmear.models.artifact import load_model
 from bloodsmear.preprocess.transforms import to_tensor
 from bloodsmear.training.loaders import decode_images
@@ -73,11 +74,6 @@ def tsne_plot(
     dpi: int = 120,
 ) -> np.ndarray:
     """Write a t-SNE scatter PNG to `out` and return the (N, 2) embedding (see module doc)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     feats = np.asarray(features)
     if len(labels) != len(feats):
         raise ValueError(f"{len(feats)} feature rows but {len(labels)} labels")
