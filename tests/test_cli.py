@@ -76,6 +76,20 @@ def test_help_of_every_command_has_no_placeholders():
             assert bad not in r.output, (path, bad, r.output)
 
 
+def test_every_command_summary_is_one_line_so_listings_show_no_wrapping_breaks():
+    """A group's listing shows each command's first help paragraph as written: a docstring wrapped over
+    lines there showed its breaks (and runs of spaces) in `bloodsmear segment --help`."""
+    root = get_command(app)
+    for path in _all_commands(root):
+        cmd = root
+        for name in path:
+            cmd = cmd.get_command(typer.Context(cmd), name)
+        first = (cmd.help or "").strip().split("\n\n")[0]
+        assert "\n" not in first, (path, first)
+    r = runner.invoke(app, ["segment", "--help"])
+    assert r.exit_code == 0 and "Train a segmenter" in r.output
+
+
 def test_help_names_values_and_arguments_plainly():
     r = runner.invoke(app, ["classify", "--help"], terminal_width=160)
     assert "[OPTIONS] INPUTS..." in r.output and "INTEGER" in r.output

@@ -101,8 +101,9 @@ def bench_lodo_cmd(
                                                        "--set device=cuda (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object (last line)."),
 ) -> None:
-    """Leave-one-domain-out: per held-out domain and recipe, accuracy and macro F1 (mean ± sd over seeds)
-    next to the shipped models -> out_dir/lodo.md, lodo.csv, results.json (resumable)."""
+    """Leave-one-domain-out: per held-out domain and recipe, accuracy and macro F1 (mean ± sd over seeds).
+
+    Next to the shipped models' figures; writes out_dir/lodo.md, lodo.csv and results.json (resumable)."""
     cfg = load_lodo_config(config, parse_overrides(set_))
     res = run_lodo(cfg, recipes=recipe or None, held_out=held_out or None)
     print_table(f"LODO (held-out test splits) -> {res.out_dir}",

@@ -83,8 +83,9 @@ def crop_fields_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
-    """Crop every WBC the pipeline's segmenter finds in fields, framed as `analyze` frames them
-    (e.g. a DANN target domain); writes OUT/<relative path>[_k].png and OUT/crops.csv; re-runs resume."""
+    """Crop every WBC the pipeline's segmenter finds in fields, framed as `analyze` frames them.
+
+    For a DANN target domain, say. Writes OUT/<relative path>[_k].png and OUT/crops.csv; re-runs resume."""
     r = export_cell_crops(inputs, out, pipeline=pipeline, one_per_image=one_per_image, size=size, ext=ext,
                           scale=scale, progress=progress)
     for p, why in r.skipped:
