@@ -256,6 +256,26 @@ def test_fit_segmenter_resumes_to_the_same_weights(tmp_path):
         fit_segmenter(_tiny_cfg(tmp_path / "a", lr=1e-2), tr, va, 40.0)
 
 
+def test_resuming_with_a_new_max_iters_replans_the_schedule_where_the_run_is(tmp_path):
+    """The shipped segmenter was trained in legs with max_iters raised between them: a resume with a new
+    max_iters continues at the iteration reached, on the schedule of the new max_iters."""
+    from bloodsmear.training.checkpoint import read_checkpoint
+    from bloodsmear.training.seg_train import build_seg_scheduler, fit_segmenter
+
+    tr, va = _tiny_fields(), _tiny_fields(1, seed=7)
+    assert fit_segmenter(_tiny_cfg(tmp_path / "r"), tr, va, 40.0)["iterations"] == 4
+    longer = _tiny_cfg(tmp_path / "r", max_iters=8)
+    assert fit_segmenter(longer, tr, va, 40.0)["iterations"] == 8
+    ck = read_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    ref_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=longer.lr)
+    ref = build_seg_scheduler(ref_opt, longer)
+    for _ in range(8):
+        ref_opt.step()
+        ref.step()
+    assert ck["scheduler"]["last_epoch"] == 8
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+
+
 def test_segment_cli_train_kind_and_card_refuse_clearly(tmp_path):
     from typer.testing import CliRunner
 

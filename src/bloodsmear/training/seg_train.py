@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Literal
@@ -38,7 +39,8 @@ from bloodsmear.training.seg_objectives import seg_loss  # noqa: F401 - the loss
 from bloodsmear.types import AnnotatedImage, Cell
 
 log = logging.getLogger(__name__)
-RESUMABLE_KEYS = ("budget_minutes", "max_wall_minutes", "threads", "out_dir")  # may change when resuming
+RESUMABLE_KEYS = ("budget_minutes", "max_wall_minutes", "threads", "out_dir", "max_iters")  # may change when resuming
+#   (a new max_iters re-plans the schedule at the iteration reached: `replan_scheduler`, the card's training legs)
 
 
 class SegTrainConfig(StrictConfig):
@@ -230,6 +232,19 @@ def build_seg_scheduler(optimizer: torch.optim.Optimizer, cfg: SegTrainConfig):
     return sch.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
 
 
+def replan_scheduler(optimizer: torch.optim.Optimizer, cfg: SegTrainConfig, iteration: int):
+    """The schedule of `cfg.max_iters`, at `iteration`: resuming with a raised (or lowered) `max_iters`
+    continues on the new plan from where the run is, as a pure function of (iteration, max_iters)."""
+    for g in optimizer.param_groups:
+        g["lr"] = g.get("initial_lr", cfg.lr)
+    sched = build_seg_scheduler(optimizer, cfg)
+    with warnings.catch_warnings():  # stepping the schedule alone, no optimizer step: torch warns, on purpose here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(iteration):
+            sched.step()
+    return sched
+
+
 def train_segmenter(config_path: str | Path | SegTrainConfig, *, out_dir: str | Path | None = None,
                     progress: bool = False) -> dict:
     """Train (or resume) the fast segmenter from a config; returns the summary written to the run folder."""
@@ -272,6 +287,10 @@ def fit_segmenter(cfg: SegTrainConfig, train_f: list[SegField], val_f: list[SegF
         it, state = ck.iteration, ck.extra["state"]
         rng.bit_generator.state = ck.extra["data_rng"]
         log.info("resumed from %s at iteration %d", ckpt, it)
+        if ck.config is not None and ck.config.get("max_iters") != cfg.max_iters:
+            log.info("max_iters %s -> %d: the schedule is re-planned at iteration %d",
+                     ck.config.get("max_iters"), cfg.max_iters, it)
+            sched = replan_scheduler(opt, cfg, it)
     chunk = math.gcd(cfg.val_every, cfg.ckpt_every)
     t_start = time.time() - state["elapsed"]
     cpu_start = time.process_time() - state["cpu"]
