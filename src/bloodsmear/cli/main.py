@@ -19,7 +19,7 @@ from bloodsmear.cli.common import App, Group, setup_logging
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "analyze": ("bloodsmear.cli.analyze", "register", "Find, outline, classify and count every WBC: results.json, "
                 "coco.json, annotations.xml, counts.csv, overlays/."),
-    "evaluate": ("bloodsmear.cli.analyze", "register", "Detection, segmentation and classification figures of a "
+    "evaluate": ("bloodsmear.cli.evaluate", "register", "Detection, segmentation and classification figures of a "
                  "pipeline against annotations."),
     "train": ("bloodsmear.cli.classifier", "register", "Train a model from a config file; re-running the same "
               "command resumes after a kill."),

@@ -24,7 +24,6 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import timm
 from pydantic import BaseModel, ConfigDict
 
 from bloodsmear.errors import InputError
@@ -191,6 +190,8 @@ def backbone_facts(name: str) -> BackboneFacts:
     except UnknownBackboneError:
         spec = None
     if spec is None or spec.source == "timm":
+        import timm  # heavy (~1 s, +100 MB): only timm backbones need it, not the shipped MobileNetV2
+
         cfg = timm.models.get_pretrained_cfg(TIMM_ALIASES.get(name, name))
         if cfg is not None:
             return BackboneFacts(name=name, source="timm", input_size=int(cfg.input_size[-1]), mean=tuple(cfg.mean),

@@ -15,7 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import timm
 import torch
 from safetensors.torch import load_file
 
@@ -134,6 +133,8 @@ def load_pretrained(backbone, spec, path: str | None = None, *, allow_download: 
             sd = torch.hub.load_state_dict_from_url(MOBILENET_V2_URL, map_location="cpu")
             _load_into(backbone, sd, MOBILENET_V2_URL)
             return MOBILENET_V2_URL
+
+        import timm  # heavy (~1 s, +100 MB): only timm backbones need it, not the shipped MobileNetV2
 
         m = timm.create_model(TIMM_ALIASES.get(spec.name, spec.name), pretrained=True, num_classes=0)
         backbone.body.load_state_dict(m.state_dict())

@@ -16,7 +16,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-import timm
 import torch
 import torchvision
 from torch import nn
@@ -134,6 +133,8 @@ def _build_body(spec: BackboneSpec) -> tuple[nn.Module, str]:
         return torchvision.models.mobilenet_v2(weights=None).features, "torchvision_features"
 
     tname = TIMM_ALIASES.get(spec.name, spec.name)
+    import timm  # heavy (~1 s, +100 MB): only timm backbones need it, not the shipped MobileNetV2
+
     body = timm.create_model(tname, pretrained=False, num_classes=0)
     if spec.name == "vgg16":
         # timm keeps fc6/fc7 as convs ("pre_logits", 120M params); the paper's Keras VGG16 has no top:
