@@ -124,7 +124,8 @@ def test_shipped_model_folders_configs_still_load():
     info = read_json(ZOO_DIR / "pbc-mobilenetv2" / "config.json")
     cfg = TrainConfig.from_dict(info["training"], source="pbc-mobilenetv2")
     assert cfg.data.image_size == 80 and cfg.optim.name == "adamw" and cfg.to_dict() == {
-        **info["training"], "model": {**info["training"]["model"], "init_from": None}}
+        **info["training"], "model": {**info["training"]["model"], "init_from": None},
+        "data": {**info["training"]["data"], "label": "image"}}  # fields added since: their defaults
     for name in ("pbc-lisc-dann", "pbc-screen-stain"):
         t = read_json(ZOO_DIR / name / "config.json")["training"]
         assert MapSettings.from_dict(t["maps"]).to_dict() == t["maps"]  # the cached-map hash stays the same

@@ -45,7 +45,8 @@ def test_pbc_subclass_and_fine_label():
     assert pbc_fine_label("ig", "PMY") == "promyelocyte"
     assert pbc_fine_label("ig", "IG") == "ig"
     assert pbc_fine_label("neutrophil", "BNE") == "band_cell"
-    assert pbc_fine_label("neutrophil", "SNE") == "neutrophil"
+    assert pbc_fine_label("neutrophil", "SNE") == "segmented_neutrophil"
+    assert pbc_fine_label("neutrophil", "NEUTROPHIL") == "neutrophil"  # no subclass: the group only
     assert pbc_fine_label("monocyte", None) == "monocyte"
 
 

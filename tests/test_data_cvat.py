@@ -42,10 +42,10 @@ def test_read_from_string():
     assert a.cells[0].box == (10.0, 10.0, 30.0, 30.0)
     assert a.cells[0].area == pytest.approx(400.0)
     assert a.cells[1].polygon[2, 1] == pytest.approx(60.5)
-    assert b.cells[0].label == "neutrophil" and b.cells[0].box == (1.0, 2.0, 40.0, 41.0)
+    assert b.cells[0].label == "segmented_neutrophil" and b.cells[0].box == (1.0, 2.0, 40.0, 41.0)  # RV-PBS's
     assert b.cells[0].attributes["note"] == "x"
     assert len(ds.skipped) == 1 and "polyline" in ds.skipped[0]  # not a shape we read
-    assert ds.class_counts() == {"band_cell": 1, "basophil": 1, "neutrophil": 1}
+    assert ds.class_counts() == {"band_cell": 1, "basophil": 1, "segmented_neutrophil": 1}
 
 
 def test_read_folder_of_class_subfolders(tmp_path):
@@ -139,9 +139,10 @@ def test_real_rv_pbs_all_polygons(data_root):
     assert sum(len(im.cells) for im in ds.images) == n_polygons == 63
     assert all(c.polygon is not None and len(c.polygon) >= 3 for im in ds.images for c in im.cells)
     assert set(ds.class_counts()) == {"band_cell", "basophil", "blast_cell", "eosinophil", "lymphocyte",
-                                      "metamyelocyte", "monocyte", "myelocyte", "neutrophil", "promyelocyte"}
+                                      "metamyelocyte", "monocyte", "myelocyte", "promyelocyte",
+                                      "segmented_neutrophil"}
     # every file's polygons carry its folder's class
     for f in files:
         one = load_dataset(f)
-        from bloodsmear.classes import canonical
-        assert {c.label for im in one.images for c in im.cells} == {canonical(f.parent.name)}
+        from bloodsmear.classes import canonical_fine
+        assert {c.label for im in one.images for c in im.cells} == {canonical_fine(f.parent.name)}

@@ -106,7 +106,9 @@ def test_cvat_round_trip_through_the_reader(results, tmp_path):
 def test_counts_csv_sums(results, tmp_path):
     path = write_counts_csv(tmp_path / "counts.csv", results, ["monocyte"])
     rows = list(csv.reader(path.open()))
-    header, body = rows[0], rows[1:]
+    assert rows[0][0] == "level" and [r[0] for r in rows[1:]] == ["group"] * 5 + ["fine"] * 5
+    assert [r[2:] for r in rows[1:6]] == [r[2:] for r in rows[6:]]  # a grouped model's levels agree
+    header, body = rows[0][1:], [r[1:] for r in rows[1:6]]
     assert header == ["image", "lymphocyte", "monocyte", "neutrophil", "total", "review"]
     per_image = {r[0]: [float(v) for v in r[1:]] for r in body}
     assert per_image["sub/a.jpg"] == [1, 0, 1, 2, 2] and per_image["empty.png"] == [0, 0, 0, 0, 0]

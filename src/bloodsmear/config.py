@@ -28,7 +28,7 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -225,6 +225,9 @@ class DataConfig(StrictConfig):
     split_seed: int = 42
     classes: list[str] | None = None  # None -> every label in the dataset, sorted
     class_map: dict[str, str] = {}  # label -> label (merge / rename)
+    label: Literal["image", "fine"] = "image"  # image: the image's class (PBC folder); fine: its fine class
+    #   (`classes.FINE_CLASSES`; PBC from the file prefix, meta["fine_label"]); images known only at group
+    #   level (PBC's IG_*, NEUTROPHIL_*) are left out (`training.prepare.example_label`)
     image_size: int = 96  # network input side (px)
     crop_fraction: float = 1.0  # centre square of this fraction of the short side, then resize
     max_per_class: int | None = None  # cap training images per class (seeded) for small-scale runs

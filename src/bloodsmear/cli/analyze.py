@@ -8,7 +8,9 @@ from typing import List, Optional
 
 import typer
 
+from bloodsmear.classes import LEVELS
 from bloodsmear.cli.common import SCALE_HELP, emit_json, print_table
+from bloodsmear.errors import InputError
 from bloodsmear.inference.batch import WORKERS_HELP, check_inputs
 from bloodsmear.inference.batch import analyze as run_batch
 from bloodsmear.inference.pipeline import Pipeline
@@ -27,13 +29,19 @@ def analyze(
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: remove what an earlier run wrote into --out "
                                "(default: resume it; one with another pipeline, models or --scale is refused)."),
+    level: str = typer.Option("group", "--level", help="Class level of coco.json and annotations.xml: group "
+                              "(ig, neutrophil, ...) or fine (band_cell, segmented_neutrophil, myelocyte, ...; "
+                              "a group-only answer keeps its group's name). counts.csv holds both."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (last line)."),
 ) -> None:
     """Find, outline, classify and count every WBC: results.json, coco.json, annotations.xml, counts.csv, overlays/."""
     parse_scale(scale, "--scale")
+    if level not in LEVELS:
+        raise InputError(None, f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     check_inputs(inputs, out)  # before the models load: a wrong path is reported at once
     pipe = Pipeline.from_config(pipeline)
-    summary = run_batch(inputs, out, pipe, scale=scale, overlays=overlays, workers=workers, fresh=fresh)
+    summary = run_batch(inputs, out, pipe, scale=scale, overlays=overlays, workers=workers, fresh=fresh,
+                        level=level)
     d = summary.to_dict()
     rows = [(k, v) for k, v in sorted(summary.counts.items())]
     print_table(f"WBCs in {summary.n_images - summary.n_skipped} image(s)", ["class", "count"], rows)

@@ -9,6 +9,7 @@ from bloodsmear.config import parse_overrides
 from bloodsmear.evaluation.stages_eval import evaluate_stages
 from bloodsmear.experiments.bench_analyze import bench_analyze
 from bloodsmear.experiments.bench_classify import bench_classify
+from bloodsmear.experiments.bench_framing import bench_framing, measure_frame_k
 from bloodsmear.experiments.domain_tables import summary
 from bloodsmear.experiments.domains import run_domains
 from bloodsmear.experiments.domains_config import load_domains_config
@@ -115,6 +116,29 @@ def bench_lodo_cmd(
     typer.echo("* the model saw this domain in training (not a held-out figure)", err=True)
     if json_out:
         emit_json(res.to_dict())
+
+
+@app.command("framing")
+def bench_framing_cmd(
+    dataset: str = typer.Argument("pbc224", help="PBC images (the model's split.json names them), e.g. pbc224."),
+    limit: int = typer.Option(400, "--limit", help="Seeded sample of N test images of the WBC classes."),
+    seed: int = typer.Option(0, "--seed"),
+    measure_k: bool = typer.Option(False, "--measure-k", help="Instead: measure FRAME_CELL_K on N train images."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
+) -> None:
+    """Accuracy of classify (cell, centre framing) and analyze on rescaled, padded and cut PBC test images.
+
+    Scales 0.5-2x, padding / cutting by 30 %, and the largest drop from 1x (docs/framing.md)."""
+    if measure_k:
+        d = measure_frame_k(dataset, limit=limit, seed=seed)
+        print_table("FRAME_CELL_K (image side / WBC equivalent diameter)", ["figure", "value"], list(d.items()))
+    else:
+        d = bench_framing(dataset, limit=limit, seed=seed)
+        print_table(f"bench framing (n={d['n']}, accuracy %)", ["condition", *d["accuracy"]],
+                    [[c, *[round(d["accuracy"][m][c], 1) for m in d["accuracy"]]] for c in d["conditions"]]
+                    + [["largest drop from 1x", *[round(v, 1) for v in d["largest_drop"].values()]]])
+    if json_out:
+        emit_json(d)
 
 
 @app.command("classify")

@@ -29,6 +29,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
                         "class, confusion matrix."),
     "adapt": ("bloodsmear.cli.adapt", "register", "Adapt a classifier to a lab's unlabelled images (DANN) and save "
               "a new model folder with its card."),
+    "learn": ("bloodsmear.cli.learn", "register", "Fine-tune a classifier on a few cells a person labelled and save "
+              "a lab model folder with its card."),
     "complexity": ("bloodsmear.cli.insight", "register", "Conv/dense layers, parameters (frozen and fine-tuned), "
                    "activation memory, file size, train/inference time."),
     "insight": ("bloodsmear.cli.insight", "register", "Look inside a classifier: activation maximisation, "

@@ -11,9 +11,17 @@ points, a shape outside the image (up to `tolerance` px outside is clipped), an 
 (`UnknownLabelError`). With ``strict=False`` a bad file or image is listed in `Dataset.skipped` and
 reading goes on.
 
+Labels are read as RV-PBS means them (`classes.canonical_fine`): "neutrophil" is RV-PBS's segmented
+neutrophil, the fine class ``segmented_neutrophil``, unless the shape says it is a group-level answer
+(a ``level`` attribute "group", as bloodsmear's own exports write for ig and neutrophil, or that
+attribute's default in the task's ``<meta>``), or the reader is told so for the whole file
+(``neutrophil="group"``: annotations made with the grouped classes, e.g. 5 WBC types).
+
 Writing: `write_cvat(images, dest)` / `to_cvat_xml(images)` produce CVAT 1.1 XML that this reader and
 CVAT's "CVAT for images 1.1" import read: labels are written with spaces ("band cell", as RV-PBS),
-a cell's `score` and `subclass` become ``<attribute>`` children declared in ``<meta>``.
+a cell's `score` and `subclass` become ``<attribute>`` children declared in ``<meta>``; a group-only
+label (ig, neutrophil) gets ``level=group`` (declared as its default, so shapes a person adds in CVAT
+under that label carry it too).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Iterable
 
 import numpy as np
 
-from bloodsmear.classes import canonical
+from bloodsmear.classes import canonical, canonical_fine, is_known, level_of
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.geometry import mask_to_polygon
 from bloodsmear.io import image_name, write_text_atomic
@@ -77,7 +85,23 @@ def _shape_attributes(el: ET.Element) -> dict:
     return attrs
 
 
-def _parse_image(el: ET.Element, folder: Path, src: str, tol: float, skipped: list[str]) -> AnnotatedImage:
+def _label(text: str, level: str | None, where: str) -> str:
+    """A shape's canonical class: the RV-PBS reading (`canonical_fine`) unless `level` is "group"."""
+    return canonical(text, path=where) if level == "group" else canonical_fine(text, path=where)
+
+
+def _meta_levels(root: ET.Element) -> dict[str, str]:
+    """{label name: default of its ``level`` attribute} from the task's ``<meta>`` (bloodsmear's exports)."""
+    out = {}
+    for lab in root.iterfind("./meta/task/labels/label"):
+        for a in lab.iterfind("./attributes/attribute"):
+            if (a.findtext("name") or "").strip() == "level":
+                out[(lab.findtext("name") or "").strip()] = (a.findtext("default_value") or "").strip()
+    return out
+
+
+def _parse_image(el: ET.Element, folder: Path, src: str, tol: float, skipped: list[str],
+                 levels: dict[str, str] | None = None, neutrophil: str = "segmented") -> AnnotatedImage:
     name = el.attrib.get("name")
     if not name:
         raise ValueError("<image> without a name")
@@ -90,8 +114,10 @@ def _parse_image(el: ET.Element, folder: Path, src: str, tol: float, skipped: li
             continue
         if sh.tag not in ("polygon", "box"):
             continue
-        label = canonical(sh.attrib.get("label", ""), path=f"{src} ({where})")
         attrs = _shape_attributes(sh)
+        text = sh.attrib.get("label", "")
+        level = attrs.pop("level", None) or (levels or {}).get(text.strip())
+        label = _label(text, "group" if neutrophil == "group" else level, f"{src} ({where})")
         score = attrs.pop("score", None)
         subclass = attrs.pop("subclass", None) or None
         if sh.tag == "polygon":
@@ -114,9 +140,12 @@ def _parse_image(el: ET.Element, folder: Path, src: str, tol: float, skipped: li
 
 
 def parse_cvat_xml(text_or_bytes: str | bytes, *, folder: str | Path = ".", src: str = "<string>",
-                   tolerance: float = 1.0, strict: bool = True, skipped: list[str] | None = None
-                   ) -> list[AnnotatedImage]:
-    """Parse CVAT-for-images XML text into images (paths ``folder/<name>``); see the module doc."""
+                   tolerance: float = 1.0, strict: bool = True, skipped: list[str] | None = None,
+                   neutrophil: str = "segmented") -> list[AnnotatedImage]:
+    """Parse CVAT-for-images XML text into images (paths ``folder/<name>``); see the module doc.
+    `neutrophil`: what an unmarked "neutrophil" label means, "segmented" (RV-PBS) or "group"."""
+    if neutrophil not in ("segmented", "group"):
+        raise ValueError(f"neutrophil must be 'segmented' or 'group', got {neutrophil!r}")
     skipped = [] if skipped is None else skipped
     try:
         root = ET.fromstring(text_or_bytes)
@@ -127,9 +156,10 @@ def parse_cvat_xml(text_or_bytes: str | bytes, *, folder: str | Path = ".", src:
     if root.find("track") is not None:
         raise InputError(src, "CVAT-for-video <track> annotations are not supported; export 'CVAT for images'")
     images = []
+    levels = _meta_levels(root)
     for el in root.iter("image"):
         try:
-            images.append(_parse_image(el, Path(folder), src, tolerance, skipped))
+            images.append(_parse_image(el, Path(folder), src, tolerance, skipped, levels, neutrophil))
         except ValueError as e:
             err = InputError(src, str(e))
             if strict:
@@ -152,15 +182,18 @@ def cvat_files(root: Path, *, any_xml: bool = True) -> list[Path]:
 
 
 def read_cvat(source: str | Path, *, tolerance: float = 1.0, strict: bool = True, name: str | None = None,
-              image_root: str | Path | None = None) -> Dataset:
+              image_root: str | Path | None = None, neutrophil: str = "segmented") -> Dataset:
     """Read CVAT XML from a file, a folder of annotations.xml files, or XML text (see the module doc).
 
     `image_root`: where the images are (paths ``image_root/<name>``); default: each XML file's folder.
+    `neutrophil`: what a "neutrophil" label without a ``level`` mark means: "segmented" (RV-PBS, the
+    fine class segmented_neutrophil) or "group" (annotations made with grouped classes).
     """
     skipped: list[str] = []
     if isinstance(source, bytes) or (isinstance(source, str) and source.lstrip().startswith("<")):
         base = Path(image_root) if image_root is not None else Path(".")
-        images = parse_cvat_xml(source, folder=base, tolerance=tolerance, strict=strict, skipped=skipped)
+        images = parse_cvat_xml(source, folder=base, tolerance=tolerance, strict=strict, skipped=skipped,
+                                neutrophil=neutrophil)
         return Dataset(name=name or "cvat", root=base, images=images, format="cvat", skipped=skipped)
     path = Path(source)
     if not path.exists():
@@ -174,7 +207,7 @@ def read_cvat(source: str | Path, *, tolerance: float = 1.0, strict: bool = True
             data = f.read_bytes()
             folder = Path(image_root) if image_root is not None else f.parent
             images += parse_cvat_xml(data, folder=folder, src=str(f), tolerance=tolerance, strict=strict,
-                                     skipped=skipped)
+                                     skipped=skipped, neutrophil=neutrophil)
         except InputError as e:
             if strict:
                 raise
@@ -203,6 +236,10 @@ def _mask_polygon(cell: Cell) -> np.ndarray | None:
     if not cell.mask_full and cell.box is not None:
         c += (int(round(cell.box[0])), int(round(cell.box[1])))
     return c if len(c) >= 3 else None
+
+
+def _group_only(label: str) -> bool:
+    return is_known(label) and level_of(label) == "group"
 
 
 def _fmt(v: float) -> str:
@@ -237,6 +274,11 @@ def to_cvat_xml(images: Dataset | Iterable[AnnotatedImage], *, root: str | Path 
             ET.SubElement(a, "input_type").text = "text"
             ET.SubElement(a, "default_value").text = ""
             ET.SubElement(a, "values").text = ""
+        if _group_only(lab):  # "neutrophil" here is the group, not RV-PBS's segmented neutrophil
+            a = ET.SubElement(attrs, "attribute")
+            for k, v in (("name", "level"), ("mutable", "False"), ("input_type", "select"),
+                         ("default_value", "group"), ("values", "group")):
+                ET.SubElement(a, k).text = v
     for i, im in enumerate(ims):
         name = image_name(im.path, root)
         iel = ET.SubElement(top, "image", id=str(i), name=name, width=str(int(im.width)), height=str(int(im.height)))
@@ -257,6 +299,8 @@ def to_cvat_xml(images: Dataset | Iterable[AnnotatedImage], *, root: str | Path 
                 ET.SubElement(sel, "attribute", name="score").text = f"{float(c.score):.4f}"
             if c.subclass:
                 ET.SubElement(sel, "attribute", name="subclass").text = str(c.subclass)
+            if _group_only(c.label):
+                ET.SubElement(sel, "attribute", name="level").text = "group"
     ET.indent(top, space="  ")
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(top, encoding="unicode") + "\n"
 

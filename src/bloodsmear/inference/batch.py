@@ -243,7 +243,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scale: str | float | None = None,
             overlays: bool = True, progress: bool = True, workers: int | None = None,
-            batch_images: int = BATCH_IMAGES, fresh: bool = False) -> BatchSummary:
+            batch_images: int = BATCH_IMAGES, fresh: bool = False, level: str = "group") -> BatchSummary:
     """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`:
     `workers` threads (default: `default_workers()`), each taking `batch_images` images at a time
     (their cells classified in one batch). `scale`: a mode ("auto", "field", "folder"; None = the
@@ -252,7 +252,9 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
 
     Resumes the run `out_dir` holds when it is the same run (`run_identity`), else `RunMismatchError`;
     `fresh`: remove what an earlier run wrote there and start over. `InputError`, before anything is
-    written, for an input that does not exist, inputs without any image, an `out_dir` that is a file."""
+    written, for an input that does not exist, inputs without any image, an `out_dir` that is a file.
+    `level`: the class level of coco.json's and annotations.xml's categories, "group" or "fine"
+    (`outputs.coco`); counts.csv holds both, results.json the answer with both."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     jobs = check_inputs(inputs, out_dir)
@@ -307,7 +309,7 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     summary.skipped.sort()
     summary.n_skipped = len(summary.skipped)
     results = rebuild_aggregates(out_dir, jobs, pipeline, summary,
-                                 run={"identity": identity, "bloodsmear_version": __version__})
+                                 run={"identity": identity, "bloodsmear_version": __version__}, level=level)
     summary.n_cells = sum(len(r.cells) for r in results)
     for r in results:
         for k, v in r.class_counts().items():
@@ -367,7 +369,7 @@ def _plan(jobs: Sequence[ImageJob], pipeline, scale, pool: ThreadPoolExecutor, p
 
 
 def rebuild_aggregates(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summary: BatchSummary, *,
-                       run: dict | None = None) -> list[SlideResult]:
+                       run: dict | None = None, level: str = "group") -> list[SlideResult]:
     """Write results.json, coco.json, annotations.xml and counts.csv from the per-image records of `jobs`
     (in input order), plus skipped.csv; every file atomically. `run`: more metadata for results.json's
     "run" (beside the pipeline's description)."""
@@ -382,8 +384,8 @@ def rebuild_aggregates(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summar
     # records come from `image_record`; checking a sample against the schema keeps big runs fast
     validate(results_document(records[:VALIDATE_SAMPLE], describe, run=run), path=out_dir / "results.json")
     write_results_json(out_dir / "results.json", records, describe, run=run, check=False)
-    write_coco_results(out_dir / "coco.json", results, classes)
-    write_cvat_xml(out_dir / "annotations.xml", results, classes)
+    write_coco_results(out_dir / "coco.json", results, classes, level=level)
+    write_cvat_xml(out_dir / "annotations.xml", results, classes, level=level)
     write_counts_csv(out_dir / "counts.csv", results, classes)
     summary.files = [str(out_dir / f) for f in AGGREGATES]
     skipped_csv = out_dir / "skipped.csv"

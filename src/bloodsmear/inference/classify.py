@@ -7,6 +7,9 @@
 
 Crops are fitted exactly as in training (centre square of the model's `crop_fraction`, resized to its
 input size), batched, and run through a BatchNorm-folded, channels-last copy of the network.
+`classify_paths(..., framer=f)` first frames each image with `f` (image -> the cell's crop, or None when
+it holds no cell: `inference.single_cell.CellFramer`, docs/framing.md); such images are rows with status
+`NO_CELL`, not classified.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +34,15 @@ from bloodsmear.preprocess.color import ReinhardNormalizer
 from bloodsmear.preprocess.transforms import fit_image, normalizer
 
 log = logging.getLogger(__name__)
+
+#: How `bloodsmear classify` frames a single-cell image: "cell" finds the cell with the pipeline's segmenter
+#: and frames it as PBC does (`inference.single_cell`); "centre": the image as it is (the model's centre
+#: square, for datasets already cropped as PBC; the behaviour before docs/framing.md).
+FRAMINGS = ("cell", "centre")
+#: A prediction's status when the framer found no cell in the image.
+NO_CELL = "no cell found"
+#: An image -> the crop of its cell, framed for the classifier (None: no cell found).
+Framer = Callable[[np.ndarray], "np.ndarray | None"]
 
 
 def optimize_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,6 +65,7 @@ class CellPrediction:
     label: str
     confidence: float
     probs: dict[str, float] = field(default_factory=dict)
+    status: str = "ok"  # or NO_CELL (label "", no probabilities)
 
 
 @dataclass
@@ -62,11 +75,28 @@ class ClassifyResult:
     skipped: list[str]  # "path: problem"
     seconds: float
     model: str
+    framing: str = "centre"
+
+    @property
+    def classified(self) -> list[CellPrediction]:
+        """The predictions of images that were classified (status "ok")."""
+        return [p for p in self.predictions if p.status == "ok"]
+
+    @property
+    def no_cell(self) -> list[str]:
+        """Paths of the images in which the framer found no cell."""
+        return [p.path for p in self.predictions if p.status == NO_CELL]
 
     def to_dict(self) -> dict:
+        preds = [asdict(p) for p in self.predictions]
+        extra = {}
+        if self.framing != "centre":  # centre framing keeps the output of before (no status, no framing)
+            extra = {"framing": self.framing, "no_cell": len(self.no_cell)}
+        else:
+            for d in preds:
+                d.pop("status")
         return {"model": self.model, "classes": self.classes, "n": len(self.predictions),
-                "skipped": self.skipped, "seconds": round(self.seconds, 3),
-                "predictions": [asdict(p) for p in self.predictions]}
+                "skipped": self.skipped, "seconds": round(self.seconds, 3), **extra, "predictions": preds}
 
 
 class CellClassifier:
@@ -173,10 +203,26 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]
     return files, problems
 
 
+def predict_images(clf: CellClassifier, images: Sequence[np.ndarray], framer: Framer | None = None, *,
+                   batch_size: int = 256) -> list[np.ndarray | None]:
+    """Class probabilities per image (None where `framer` found no cell); without a framer the images
+    are classified as they are (the model's centre square). The images are not modified."""
+    crops = list(images) if framer is None else [framer(im) for im in images]
+    found = [i for i, c in enumerate(crops) if c is not None]
+    probs = clf.predict_proba([crops[i] for i in found], batch_size=batch_size) if found else []
+    out: list[np.ndarray | None] = [None] * len(crops)
+    for i, p in zip(found, probs):
+        out[i] = p
+    return out
+
+
 def classify_paths(inputs: Sequence[str | Path], *, model: str | Path | CellClassifier = "default",
-                   batch_size: int = 256, progress: bool = True, tta: str = "none") -> ClassifyResult:
+                   batch_size: int = 256, progress: bool = True, tta: str = "none",
+                   framer: Framer | None = None) -> ClassifyResult:
     """Classify every image under `inputs`; unreadable images are reported in `skipped`, not fatal.
-    `tta`: test-time augmentation of a model given by name/folder (none | flip | d8)."""
+    `tta`: test-time augmentation of a model given by name/folder (none | flip | d8). `framer`: frames
+    each image first (`inference.single_cell.CellFramer`); an image where it finds no cell is a
+    prediction with status `NO_CELL`. Without one, each image is classified as it is (centre framing)."""
     clf = model if isinstance(model, CellClassifier) else CellClassifier.load(model, tta=tta)
     files, skipped = collect_inputs(inputs)
     t0 = time.perf_counter()
@@ -191,8 +237,11 @@ def classify_paths(inputs: Sequence[str | Path], *, model: str | Path | CellClas
             except InputError as e:
                 skipped.append(str(e))
         if imgs:
-            probs = clf.predict_proba(imgs, batch_size=batch_size)
+            probs = predict_images(clf, imgs, framer, batch_size=batch_size)
             for f, p in zip(chunk, probs):
+                if p is None:
+                    preds.append(CellPrediction(path=str(f), label="", confidence=0.0, status=NO_CELL))
+                    continue
                 k = int(p.argmax())
                 preds.append(CellPrediction(path=str(f), label=clf.classes[k], confidence=float(p[k]),
                                             probs={c: round(float(v), 6) for c, v in zip(clf.classes, p)}))
@@ -200,12 +249,17 @@ def classify_paths(inputs: Sequence[str | Path], *, model: str | Path | CellClas
     bar.close()
     if skipped:
         log.warning("skipped %d input(s): %s%s", len(skipped), skipped[0], " ..." if len(skipped) > 1 else "")
+    n_none = sum(p.status == NO_CELL for p in preds)
+    if n_none:
+        log.warning("no cell found in %d of %d image(s)", n_none, len(preds))
     return ClassifyResult(classes=clf.classes, predictions=preds, skipped=skipped,
-                          seconds=time.perf_counter() - t0, model=str(clf.loaded.path))
+                          seconds=time.perf_counter() - t0, model=str(clf.loaded.path),
+                          framing="centre" if framer is None else str(getattr(framer, "name", "cell")))
 
 
 def write_predictions(result: ClassifyResult, dest: str | Path) -> Path:
-    """CSV (path, label, confidence, one column per class) or JSON, by suffix; written atomically."""
+    """CSV (path, label, confidence, one column per class; with a framer also status) or JSON, by
+    suffix; written atomically."""
     dest = Path(dest)
     if dest.suffix.lower() == ".json":
         return write_json_atomic(dest, result.to_dict())
@@ -215,11 +269,13 @@ def write_predictions(result: ClassifyResult, dest: str | Path) -> Path:
     with atomic_path(dest) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["path", "label", "confidence", *[f"p_{c}" for c in result.classes]])
+            status = result.framing != "centre"  # centre framing writes the columns of before
+            w.writerow(["path", "label", "confidence", *[f"p_{c}" for c in result.classes]] + ["status"] * status)
             for p in result.predictions:
-                w.writerow([p.path, p.label, f"{p.confidence:.6f}", *[f"{p.probs[c]:.6f}" for c in result.classes]])
+                probs = [f"{p.probs[c]:.6f}" if c in p.probs else "" for c in result.classes]
+                w.writerow([p.path, p.label, f"{p.confidence:.6f}", *probs] + [p.status] * status)
     return dest
 
 
-__all__ = ["CellClassifier", "CellPrediction", "ClassifyResult", "classify_paths", "collect_inputs",
-           "write_predictions", "optimize_for_inference"]
+__all__ = ["CellClassifier", "CellPrediction", "ClassifyResult", "FRAMINGS", "Framer", "NO_CELL", "classify_paths",
+           "collect_inputs", "predict_images", "write_predictions", "optimize_for_inference"]

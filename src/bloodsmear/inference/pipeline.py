@@ -25,6 +25,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from bloodsmear.classes import cell_levels
 from bloodsmear.errors import InputError
 from bloodsmear.inference.stages import (
     CropSource,
@@ -202,7 +203,7 @@ class Pipeline:
         if isinstance(self.screening, WbcOnly):  # segmenter-only: no crops, the detection score stands
             for c in cells:
                 c.attributes.update(screening_label="wbc", screening_score=c.score, refined_label=None,
-                                    refined_score=None, review=False)
+                                    refined_score=None, review=False, **cell_levels(c.label))
             return
         cfg = self.config
         crops = [crop for rgb, cs, rbc_px in items
@@ -216,6 +217,7 @@ class Pipeline:
             c.attributes.update(a)
             c.label = a["refined_label"] or a["screening_label"]
             c.score = a["screening_score"] if a["refined_label"] is None else a["refined_score"]
+            c.attributes.update(cell_levels(c.label))  # fine_label (None for a group-only answer), group_label
         thr = float(self.config.review_threshold)
         for c in cells:  # unsure, or the screening's first choice was a class the pipeline excludes
             c.attributes["review"] = bool(c.score < thr or c.attributes.pop("screening_excluded_top", False))

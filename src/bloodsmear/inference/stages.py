@@ -13,7 +13,14 @@ import numpy as np
 from bloodsmear.errors import InputError
 from bloodsmear.inference.classify import CellClassifier
 from bloodsmear.models.artifact import load_model
-from bloodsmear.preprocess.cells import background_color, cell_box, crop_cell
+from bloodsmear.preprocess.cells import (  # PBC_FRAME_RBC, FRAME_BOX_RANGE: also imported from here
+    FRAME_BOX_RANGE,
+    PBC_FRAME_RBC,
+    background_color,
+    cell_box,
+    crop_cell,
+    frame_side,
+)
 from bloodsmear.preprocess.scale import estimate_rbc_diameter
 from bloodsmear.types import Cell
 
@@ -26,13 +33,6 @@ def load_classifier(ref: str | Path, *, base_dir: str | Path | None = None, tta:
     `CellClassifier` (`classes`, batched `predict_proba`), with test-time augmentation `tta`
     (none | flip | d8). A segmenter folder named here is one InputError naming its kind."""
     return CellClassifier(load_model(ref, base_dir=base_dir), tta=tta)
-
-
-#: PBC cell images (360x363, the classifiers' training data) span ~5.45 red-cell diameters (RBCs ~66 px,
-#: measured with `preprocess.scale.estimate_rbc_diameter` on PBC's platelet and neutrophil images).
-PBC_FRAME_RBC = 5.45
-#: ... and 2-4 WBC diameters (monocytes to lymphocytes): frames from a wrong red-cell estimate stay in this range.
-FRAME_BOX_RANGE = (2.0, 4.0)
 
 
 #: Crops at least this large (px a side) at the downscaled copy's resolution are cut from that copy:
@@ -50,14 +50,17 @@ class CropSource:
 
 
 def crop_cells(rgb: np.ndarray | CropSource, cells: Sequence[Cell], *, padding: float | None = None,
-               rbc_px: float | None = None, frame_rbc: float | None = PBC_FRAME_RBC) -> list[np.ndarray]:
+               rbc_px: float | None = None, frame_rbc: float | None = PBC_FRAME_RBC,
+               frame_cell: float | None = None) -> list[np.ndarray]:
     """One square crop per cell from the original image (`preprocess.cells.crop_cell`; `rgb` is not
     modified; parts outside the field get the field's median colour).
 
     With `rbc_px` (red-cell diameter, original px) and `frame_rbc`, each crop is framed as a PBC image:
     `frame_rbc` red-cell diameters wide, centred on the cell, kept within `FRAME_BOX_RANGE` times the
     cell's longest box side, so a cell keeps its size relative to the red cells, as the classifier saw
-    in training. Otherwise the square is the cell's box plus `padding` (default 0.15) a side.
+    in training. Otherwise, with `frame_cell` (e.g. `preprocess.cells.FRAME_CELL_K`), by the cell's own
+    outline: `frame_cell` times its equivalent diameter (`preprocess.cells.frame_side`, independent of
+    magnification and framing); else the square is the cell's box plus `padding` (default 0.15) a side.
     With a `CropSource`, crops that stay >= `MIN_CROP_PX` wide on its downscaled copy are cut there.
     """
     if not cells:
@@ -69,6 +72,15 @@ def crop_cells(rgb: np.ndarray | CropSource, cells: Sequence[Cell], *, padding: 
     for c in cells:
         x1, y1, x2, y2 = cell_box(c)
         long_side = max(x2 - x1, y2 - y1, 1.0)
+        if frame_cell and not (rbc_px and frame_rbc):  # by the cell's own outline
+            side = frame_side(c, k=frame_cell)
+            if src.small is not None and side * src.f >= MIN_CROP_PX:
+                f = src.f
+                small_cell = Cell(c.label, box=(x1 * f, y1 * f, x2 * f, y2 * f))
+                out.append(crop_cell(src.small, small_cell, side=side * f, background=fill))
+            else:
+                out.append(crop_cell(src.full, c, side=side, background=fill))
+            continue
         if rbc_px and frame_rbc:
             pad = (float(np.clip(rbc_px * frame_rbc, lo * long_side, hi * long_side)) / long_side - 1.0) / 2.0
         else:

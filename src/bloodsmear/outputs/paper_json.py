@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import jsonschema
 import numpy as np
 
+from bloodsmear.classes import cell_levels
 from bloodsmear.errors import InputError
 from bloodsmear.io import write_json_atomic
 from bloodsmear.settings import PACKAGE_DIR
@@ -44,8 +45,10 @@ def _num(v: Any) -> float | None:
 
 
 def cell_record(cell: Cell) -> dict:
-    """One predicted cell as the paper's mask object (plus both stages, area and review flag)."""
+    """One predicted cell as the paper's mask object (plus both stages, area, review flag, and the class at
+    both levels: `fine_class`, null for a group-only answer, and `group`)."""
     a = cell.attributes
+    levels = cell_levels(cell.label)
     x1, y1, x2, y2 = cell.box if cell.box is not None else (0.0, 0.0, 0.0, 0.0)
     poly = cell.polygon if cell.polygon is not None else np.zeros((0, 2))
     return {
@@ -61,6 +64,8 @@ def cell_record(cell: Cell) -> dict:
         "refined_score": _num(a.get("refined_score")),
         "area": round(float(cell.area), _NDIGITS),
         "review": bool(a.get("review", False)),
+        "fine_class": levels["fine_label"],
+        "group": levels["group_label"],
     }
 
 
@@ -96,6 +101,9 @@ def record_to_result(rec: dict) -> SlideResult:
         attributes["screening_label"] = attributes["screening_label"] or c["class_name"]
         attributes["screening_score"] = score if attributes["screening_score"] is None else attributes["screening_score"]
         attributes["review"] = bool(attributes["review"])
+        levels = cell_levels(c["class_name"])  # files written before the fine classes lack both fields
+        attributes["fine_label"] = c.get("fine_class", levels["fine_label"])
+        attributes["group_label"] = c.get("group") or levels["group_label"]
         poly = _vertices(c.get("vertices"))
         cells.append(Cell(label=c["class_name"], polygon=poly if len(poly) else None,
                           box=(bb["x1"], bb["y1"], bb["x2"], bb["y2"]), score=score, attributes=attributes))

@@ -1,7 +1,9 @@
 """Cell crops from annotated fields: one padded (square) crop per `bloodsmear.types.Cell`.
 
 `crop_cell` is a pure function (the input image is never modified); parts of the crop outside the
-field are filled with a background colour. `crop_dataset_cells` cuts every annotated WBC of a dataset
+field are filled with a background colour. `frame_side` / `frame_cell` frame a cell as a PBC training
+image, whatever the magnification: by the red-cell size where that is reliable, else by the cell's own
+outline (docs/framing.md). `crop_dataset_cells` cuts every annotated WBC of a dataset
 into ``DST/<class>/<image stem>_<index>.jpg`` (``bloodsmear crop cells``).
 """
 
@@ -26,6 +28,16 @@ from bloodsmear.types import Cell, Dataset
 log = logging.getLogger(__name__)
 
 Color = Sequence[float] | float | int
+
+#: PBC cell images (360x363, the classifiers' training data) span ~5.45 red-cell diameters (RBCs ~66 px,
+#: measured with `preprocess.scale.estimate_rbc_diameter` on PBC's platelet and neutrophil images).
+PBC_FRAME_RBC = 5.45
+#: ... and 2-4 WBC diameters (monocytes to lymphocytes): frames from a wrong red-cell estimate stay in this range.
+FRAME_BOX_RANGE = (2.0, 4.0)
+#: A PBC image's side is FRAME_CELL_K x its WBC's equivalent diameter (the median over 600 seeded PBC
+#: train images of the 6 WBC classes, WBC found by `wbc-seg-fast`; `bloodsmear bench framing pbc224
+#: --measure-k`, docs/framing.md).
+FRAME_CELL_K = 2.64
 
 
 def cell_box(cell: Cell) -> tuple[float, float, float, float]:
@@ -54,11 +66,13 @@ def crop_cell(
     background: Color | None = None,
     out_size: int | None = None,
     padding: float | None = None,
+    side: float | None = None,
 ) -> np.ndarray:
     """A crop around one cell (a new array; `rgb` is not modified).
 
     `pad`: margin on each side as a fraction of the box's longest side (`padding` is an alias).
     `square`: a square of side ``longest side * (1 + 2 * pad)`` centred on the box; else the padded box.
+    `side`: a square of this side (px) centred on the box instead (`frame_side`; `pad` is then unused).
     Parts outside the image are filled with `background` (an RGB colour or grey level; default the
     field's median colour). `mask_background`: pixels outside the cell's polygon (or its mask) get the
     background colour too; a cell with only a box is left as it is. `out_size`: resize so the longer
@@ -76,7 +90,11 @@ def crop_cell(
     bw, bh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     m = pad * max(bw, bh)
-    if square:
+    if side is not None:
+        if not side > 0:
+            raise ValueError(f"side must be > 0, got {side}")
+        sw = sh = float(side)
+    elif square:
         sw = sh = max(bw, bh) + 2 * m
     else:
         sw, sh = bw + 2 * m, bh + 2 * m
@@ -99,6 +117,38 @@ def crop_cell(
     if out_size:
         out = resize_longer_side(out, int(out_size))
     return out
+
+
+def outline_diameter(cell: Cell) -> float:
+    """The cell's outline size: its equivalent diameter ``sqrt(4 area / pi)`` (`Cell.area`: polygon, else
+    mask, else box), at least 1 px. Steadier than a box side against pseudopods and loose boxes."""
+    return max(1.0, float(np.sqrt(4.0 * max(cell.area, 0.0) / np.pi)))
+
+
+def frame_side(cell: Cell, *, k: float = FRAME_CELL_K, rbc_px: float | None = None,
+               frame_rbc: float | None = PBC_FRAME_RBC) -> float:
+    """Side (px) of a square that frames `cell` as PBC frames its cells, at any magnification.
+
+    With a reliable red-cell diameter `rbc_px` (px; the caller decides what is reliable, see
+    docs/framing.md) and `frame_rbc`: ``frame_rbc * rbc_px``, kept within `FRAME_BOX_RANGE` times the
+    cell's longest box side (the pipeline's framing; the cell keeps its size relative to the red cells).
+    Otherwise by its own outline: ``k * outline_diameter(cell)`` (PBC's median WBC framing)."""
+    if rbc_px and frame_rbc:
+        x1, y1, x2, y2 = cell_box(cell)
+        long_side = max(x2 - x1, y2 - y1, 1.0)
+        lo, hi = FRAME_BOX_RANGE
+        return float(np.clip(rbc_px * frame_rbc, lo * long_side, hi * long_side))
+    if not k > 0:
+        raise ValueError(f"k must be > 0, got {k}")
+    return float(k) * outline_diameter(cell)
+
+
+def frame_cell(rgb: np.ndarray, cell: Cell, *, k: float = FRAME_CELL_K, rbc_px: float | None = None,
+               frame_rbc: float | None = PBC_FRAME_RBC, background: Color | None = None) -> np.ndarray:
+    """`crop_cell` of the square `frame_side` gives (a new array; parts outside the image get
+    `background`, default the field's median colour)."""
+    return crop_cell(rgb, cell, side=frame_side(cell, k=k, rbc_px=rbc_px, frame_rbc=frame_rbc),
+                     background=background)
 
 
 def _cell_mask(cell: Cell, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray | None:

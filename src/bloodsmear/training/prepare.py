@@ -2,6 +2,12 @@
 
 The dataset is read with `bloodsmear.data.load_dataset`; the split is the config's manifest or a
 seeded `make_split(ds, scheme, seed)`; images are decoded once into cached uint8 arrays.
+
+Labels (`data.label`): "image", the image's class as read (PBC: its folder, ig and neutrophil grouped),
+or "fine", its fine class (`example_label`: PBC's file prefix, BNE/SNE/MY/MMY/PMY; a class-per-folder
+set whose folders are fine classes as they are). The split is made on the images' own classes either
+way, so a fine model's test split is the grouped models' one, less the images known only by their
+group (PBC's IG_* and NEUTROPHIL_* files: no fine class to learn or score, left out and counted).
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodsmear.classes import canonical
+from bloodsmear.classes import canonical, is_known, level_of
 from bloodsmear.config import TrainConfig, resolve_dataset_path
 from bloodsmear.data import load_dataset
 from bloodsmear.data.splits import load_manifest, make_split, per_class_sample
 from bloodsmear.errors import InputError
 from bloodsmear.training.loaders import load_arrays
+from bloodsmear.types import AnnotatedImage
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,23 @@ class PreparedData:
         return out
 
 
+def example_label(im: AnnotatedImage, label: str = "image") -> str | None:
+    """The training label of one image: "image" -> its class; "fine" -> its fine class (PBC's
+    ``meta["fine_label"]`` from the file prefix, else its class when that is a fine class), None when it is
+    known only at group level (ig, neutrophil without a subclass)."""
+    if im.label is None:
+        return None
+    if label == "image":
+        return im.label
+    if label != "fine":
+        raise ValueError(f"label must be 'image' or 'fine', got {label!r}")
+    lab = im.meta.get("fine_label") or im.label
+    if not is_known(lab):
+        return lab
+    lab = canonical(lab)
+    return None if level_of(lab) == "group" else lab
+
+
 def split_examples(cfg: TrainConfig) -> tuple[list[str], Path, object, dict[str, tuple[list[Path], list[str]]]]:
     """(classes, root, manifest, {split: (absolute paths, labels)}) without decoding any image."""
     d = cfg.data
@@ -56,17 +80,23 @@ def split_examples(cfg: TrainConfig) -> tuple[list[str], Path, object, dict[str,
     cmap = {canonical(k): canonical(v) for k, v in (d.class_map or {}).items()}
     per_split: dict[str, tuple[list[Path], list[str]]] = {}
     all_labels: set[str] = set()
+    group_only = 0
     for s in ("train", "val", "test"):
         ims = manifest.subset(ds, s) if s in manifest.splits else []
         paths, labels = [], []
         for im in ims:
-            if im.label is None:
+            lab = example_label(im, d.label)
+            if lab is None:
+                group_only += im.label is not None
                 continue
-            lab = cmap.get(im.label, im.label)
+            lab = cmap.get(lab, lab)
             paths.append(Path(im.path))
             labels.append(lab)
         per_split[s] = (paths, labels)
         all_labels.update(labels)
+    if group_only:
+        log.info("label: fine: %d image(s) known only by their group (e.g. PBC's IG_*, NEUTROPHIL_*) left out",
+                 group_only)
     classes = [canonical(c) for c in d.classes] if d.classes else sorted(all_labels)
     known = set(classes)
     for s, (paths, labels) in list(per_split.items()):
@@ -101,4 +131,4 @@ def prepare_data(cfg: TrainConfig, *, progress: bool = True) -> PreparedData:
                         test_x=arrays["test"][0], test_y=arrays["test"][1], paths=rel)
 
 
-__all__ = ["PreparedData", "prepare_data", "split_examples"]
+__all__ = ["PreparedData", "example_label", "prepare_data", "split_examples"]
