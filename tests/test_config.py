@@ -106,7 +106,10 @@ def test_every_shipped_config_loads_into_its_kind():
     from bloodsmear.training.maskrcnn_train import MaskRCNNTrainConfig
     from bloodsmear.training.seg_train import SegTrainConfig
 
-    by_folder = {"classifier": TrainConfig, "domains": DomainsConfig, "dann": DannConfig, "grid": GridConfig}
+    from bloodsmear.experiments.lodo_config import LodoConfig
+
+    by_folder = {"classifier": TrainConfig, "domains": DomainsConfig, "dann": DannConfig, "grid": GridConfig,
+                 "lodo": LodoConfig}
     segmenters = {"fast.yaml": SegTrainConfig, "maskrcnn.yaml": MaskRCNNTrainConfig}
     files = sorted(CONFIGS.rglob("*.yaml"))
     assert len(files) >= 14

@@ -218,3 +218,16 @@ def test_present_scores_leave_rare_classes_out_of_the_macro_f1():
     s = present_scores(rep, ["basophil", "eosinophil", "neutrophil"], min_support=2)
     assert s["absent"] == ["basophil"] and s["n"] == 7 and s["accuracy"] == pytest.approx(5 / 7)
     assert s["macro_f1"] == pytest.approx(np.mean([rep["per_class"][c]["f1"] for c in ("eosinophil", "neutrophil")]))
+
+
+def test_train_runs_a_lodo_config_by_its_kind(tmp_path):
+    from bloodsmear.errors import InputError
+    from bloodsmear.experiments.runner import load_config_file
+
+    p = tmp_path / "l.yaml"
+    p.write_text("kind: lodo\nseeds: [0]\n")
+    kind, cfg = load_config_file(p, {"epochs": 3, "out_dir": str(tmp_path / "o")}, ["recipes.source.train.lr=0.001"])
+    assert kind.name == "lodo" and cfg.train.epochs == 3 and cfg.out_dir == str(tmp_path / "o")
+    assert cfg.recipe_settings("source")[1].lr == 0.001
+    with pytest.raises(InputError, match="--seed"):  # the seeds are a list in the config
+        load_config_file(p, {"seed": 1})

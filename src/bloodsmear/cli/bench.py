@@ -112,7 +112,7 @@ def bench_lodo_cmd(
                 [[r["held_out"], r["recipe"] + ("" if r["held_out_ok"] else " *"), r["n"],
                   mean_sd_text(r["accuracy"], r["accuracy_sd"]), mean_sd_text(r["macro_f1"], r["macro_f1_sd"]),
                   r["seeds"] or "–",
-                  " ".join(r["absent"]) or "–"] for r in res.rows])
+                  " ".join(r["absent"]) or "–"] for r in res.rows], keep=(0, 1, 3, 4))
     typer.echo("* the model saw this domain in training (not a held-out figure)", err=True)
     if json_out:
         emit_json(res.to_dict())

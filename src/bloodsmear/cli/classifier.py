@@ -36,7 +36,7 @@ def make_framer(framing: str, pipeline: str) -> CellFramer | None:
 
 def train_cmd(
     config: Path = typer.Argument(..., help="Experiment config (YAML/JSON); `kind:` picks classifier (default), "
-                                            "domains, dann, grid, fast-unet or maskrcnn."),
+                                            "domains, dann, lodo, grid, fast-unet or maskrcnn."),
     restart: bool = typer.Option(False, "--restart", help="Ignore an existing checkpoint and start over."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Override the output folder."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override epochs (domains/dann: train.epochs)."),

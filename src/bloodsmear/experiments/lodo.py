@@ -255,7 +255,7 @@ def markdown(cfg: LodoConfig, rows: list[dict], names: dict[str, str], prep: Pre
                   f"{r['seeds'] or '–'} | {', '.join(r['absent']) or '–'} |")
     md += ["", "Recipes: " + "; ".join(f"`{n}`: {r.description or ('stain' if r.stain else 'supervised')}"
                                         for n, r in cfg.recipes.items()) + ".",
-           f"Wall time so far: {seconds / 60:.1f} min."]
+           f"Wall time of this `bench lodo` call: {seconds / 60:.1f} min (a resumed call skips the finished runs)."]
     return "\n".join(md) + "\n"
 
 

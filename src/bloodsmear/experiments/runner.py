@@ -24,6 +24,8 @@ from bloodsmear.experiments.dann import DannConfig, run_id, train_dann
 from bloodsmear.experiments.domains import run_domains
 from bloodsmear.experiments.domains_config import DomainsConfig
 from bloodsmear.experiments.grid import GridConfig, load_grid_config, run_grid
+from bloodsmear.experiments.lodo import run_lodo
+from bloodsmear.experiments.lodo_config import LodoConfig
 from bloodsmear.training.maskrcnn_train import MaskRCNNTrainConfig, train_maskrcnn
 from bloodsmear.training.seg_train import SegTrainConfig, train_segmenter
 from bloodsmear.training.trainer import train
@@ -59,6 +61,12 @@ def _run_dann(cfg: DannConfig, *, restart: bool = False, progress: bool = True):
     if restart:
         shutil.rmtree(Path(cfg.out_dir) / "runs" / run_id(cfg), ignore_errors=True)
     return train_dann(cfg, progress=progress)
+
+
+def _run_lodo(cfg: LodoConfig, *, restart: bool = False, progress: bool = True):
+    if restart:
+        shutil.rmtree(Path(cfg.out_dir) / "runs", ignore_errors=True)
+    return run_lodo(cfg, progress=progress)
 
 
 def _run_grid(cfg: GridConfig, *, restart: bool = False, progress: bool = True):
@@ -101,6 +109,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
           "pretrained": "model.pretrained", "out_dir": "out_dir"}),
     Kind("domains", DomainsConfig, _run_domains, dict(_TOP)),
     Kind("dann", DannConfig, _run_dann, dict(_TOP)),
+    Kind("lodo", LodoConfig, _run_lodo, {k: v for k, v in _TOP.items() if k != "seed"}),  # seeds: a list
     Kind("grid", GridConfig, _run_grid,
          {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "seed": "seed", "out_dir": "out"},
          load=lambda path, over: load_grid_config(path, over)),
