@@ -231,3 +231,55 @@ def test_train_runs_a_lodo_config_by_its_kind(tmp_path):
     assert cfg.recipe_settings("source")[1].lr == 0.001
     with pytest.raises(InputError, match="--seed"):  # the seeds are a list in the config
         load_config_file(p, {"seed": 1})
+
+
+def test_lodo_calibration_and_bn_adapt_recipe_reusing_the_runs(tmp_path):
+    """Every run gets calibration figures chosen on the source validation crops; a `bn_adapt` recipe with
+    `reuse` scores the reused recipe's runs (no run folder of its own) after re-estimating batch norm."""
+    from bloodsmear.experiments.lodo import run_lodo
+
+    cfg = _config(tmp_path, seeds=[0], held_out=["c"],
+                  recipes={"source": {}, "source_bn": {"reuse": "source", "bn_adapt": True}})
+    n = torch.get_num_threads()
+    try:
+        res = run_lodo(cfg, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    out = Path(cfg.out_dir)
+    assert not (out / "runs" / "seed0" / "source_bn_wo_c").exists()
+    rows = {r["recipe"]: r for r in res.seed_rows}
+    for r in rows.values():
+        cal = r["calibration"]
+        assert cal["temperature"] > 0 and 0.0 <= cal["flagged"] <= 1.0 and cal["n"] == r["n"]
+        assert cal["nll_after"] > 0 and cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
+    # unadapted: the calibration's accuracy is the run's own (the reloaded model scores the same crops)
+    assert rows["source"]["calibration"]["accuracy"] == pytest.approx(rows["source"]["accuracy"], abs=0.1)
+    assert rows["source_bn"]["accuracy"] == pytest.approx(rows["source_bn"]["calibration"]["accuracy"])
+    md = (out / "lodo.md").read_text()
+    assert "## Calibration and review routing" in md and "| folder_c | source_bn |" in md
+    saved = json.loads((out / "results.json").read_text())
+    assert {r["recipe"] for r in saved["calibration"]} == {"source", "source_bn"}
+
+
+def test_review_figures_threshold_from_validation_applied_to_test():
+    from bloodsmear.experiments.lodo_scoring import review_figures
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    z = rng.normal(0, 1, (200, 3))
+    z[np.arange(200), y] += 2.0
+    z *= 5.0  # mostly right, over-confident
+    f = review_figures(z[:100], y[:100], z[100:], y[100:], target=0.97)
+    assert f["temperature"] > 1.5  # the over-confidence is scaled away
+    assert f["nll_after"] < f["nll_before"]
+    assert 0 < f["flagged"] < 1 and f["unflagged_accuracy"] >= f["accuracy"]
+
+
+def test_reuse_must_name_a_training_recipe():
+    from bloodsmear.experiments.lodo_config import LodoConfig
+
+    with pytest.raises(ValueError, match="reuse: 'x' is not a recipe that trains"):
+        LodoConfig(recipes={"a": {}, "b": {"reuse": "x"}})
+    cfg = LodoConfig(recipes={"a": {"stain": True, "maps": {"views": 5}}, "b": {"reuse": "a", "bn_adapt": True}})
+    assert cfg.trained_as("b") == "a" and cfg.recipe_settings("b")[0].views == 5
+    assert cfg.stain_reference("b", "lisc") == "pbc"

@@ -10,6 +10,7 @@ from bloodsmear.evaluation.stages_eval import evaluate_stages
 from bloodsmear.experiments.bench_analyze import bench_analyze
 from bloodsmear.experiments.bench_classify import bench_classify
 from bloodsmear.experiments.bench_framing import bench_framing, measure_frame_k
+from bloodsmear.experiments.bench_learn import DEFAULT_KS, bench_learn, parse_ints
 from bloodsmear.experiments.domain_tables import summary
 from bloodsmear.experiments.domains import run_domains
 from bloodsmear.experiments.domains_config import load_domains_config
@@ -114,6 +115,31 @@ def bench_lodo_cmd(
                   r["seeds"] or "–",
                   " ".join(r["absent"]) or "–"] for r in res.rows], keep=(0, 1, 3, 4))
     typer.echo("* the model saw this domain in training (not a held-out figure)", err=True)
+    if json_out:
+        emit_json(res.to_dict())
+
+
+@app.command("learn")
+def bench_learn_cmd(
+    config: str = typer.Argument(..., help="LODO config (YAML): its domains, classes and split, e.g. configs/lodo/cpu.yaml."),
+    k: str = typer.Option(",".join(map(str, DEFAULT_KS)), "--k", help="Labelled cells per class, comma-separated."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of the draws and of learn, comma-separated."),
+    domains: str = typer.Option(None, "--domains", help="Domain keys, comma-separated (default: every domain)."),
+    base: str = typer.Option("pbc-screen-stain", "--base", help="Base model learn fine-tunes (folder or shipped name)."),
+    epochs: int = typer.Option(15, "--epochs", help="learn's epochs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as one JSON object (last line)."),
+) -> None:
+    """Learning curve of `learn`: k cells per class of each domain's train split -> accuracy on its test split.
+
+    Mean ± sd over seeds, next to k = 0 (the base as shipped); out_dir/learn_curve.md, .csv and .json (resumable)."""
+    res = bench_learn(load_lodo_config(config), ks=parse_ints(k, "--k"), seeds=parse_ints(seeds, "--seeds"),
+                      domains=[d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+                      base=base, epochs=epochs)
+    print_table(f"learning curve (held-out test splits) -> {res.out_dir}",
+                ["domain", "k", "k real", "n", "accuracy", "macro F1", "seeds", "learn s"],
+                [[r["domain"], r["k"], r["k_real"], r["n"], mean_sd_text(r["accuracy"], r["accuracy_sd"]),
+                  mean_sd_text(r["macro_f1"], r["macro_f1_sd"]), r["seeds"] or "–",
+                  "–" if r["learn_seconds"] is None else r["learn_seconds"]] for r in res.rows], keep=(0, 1, 4, 5))
     if json_out:
         emit_json(res.to_dict())
 

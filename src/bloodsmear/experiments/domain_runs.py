@@ -25,7 +25,7 @@ from bloodsmear.io import atomic_path, read_json, write_json_atomic
 from bloodsmear.models.artifact import ModelInfo, load_model, save_model
 from bloodsmear.models.card import card_header, command_line, metrics_section
 from bloodsmear.models.classifier import build_classifier
-from bloodsmear.preprocess.augment_paper import PaperPolicy
+from bloodsmear.preprocess.augment import image_policy
 from bloodsmear.preprocess.color import ReinhardNormalizer
 from bloodsmear.training.engine import evaluate, resolve_device, to_device
 from bloodsmear.training.feature_cache import MapLoader, TailModel, cached_views
@@ -110,9 +110,17 @@ def _maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSetting
     h = hashlib.sha1(json.dumps([dom.paths[i] for i in idx] + [msd, stain, views, part,
                                 (prep.stain.to_dict() if stain else None)] + where, default=str).encode()).hexdigest()[:12]
     cache = cache_dir / f"maps_{dom.name}_{part}_{h}.pt"
-    policy = PaperPolicy() if ms.augment == "paper_dann" else None
+    policy = image_policy(ms.augment)  # None for batch-only presets: the crop itself, one view
     return cached_views(tail, prep.images(key, stain)[idx], policy=policy, views=views, seed=ms.aug_seed,
                         mean=mean, std=std, cache=cache, progress=True)
+
+
+def domain_maps(prep: Prepared, tail, key: str, part: str, stain: bool, ms: MapSettings, cache_dir: Path
+                ) -> torch.Tensor:
+    """A domain split's cached trunk maps as a run uses them (`views` for train, 1 otherwise; computed
+    with `tail`'s trunk and cached when missing)."""
+    spec = tail.model.backbone.spec
+    return _maps(prep, tail, key, part, stain, ms, cache_dir, spec.mean, spec.std)
 
 
 # ------------------------------------------------------------------------------------------------- run

@@ -37,6 +37,7 @@ from bloodsmear.experiments.domain_runs import Prepared, RunSpec, prepare_domain
 from bloodsmear.experiments.domain_tables import domain_names
 from bloodsmear.experiments.domains_config import domains_cache_dir
 from bloodsmear.experiments.lodo_config import LodoConfig
+from bloodsmear.experiments.lodo_scoring import calibration_markdown, calibration_rows, score_run
 from bloodsmear.inference.classify import CellClassifier
 from bloodsmear.io import read_json, write_json_atomic, write_text_atomic
 from bloodsmear.metrics.classification import classification_report_arrays
@@ -161,17 +162,20 @@ def run_lodo(cfg: LodoConfig, *, progress: bool = True, recipes: list[str] | Non
                 ms, rs, size = cfg.recipe_settings(rname)
                 ref = cfg.stain_reference(rname, k)
                 prep = prep_for(size, ref)
-                run = RunSpec(f"{rname}_wo_{k}", train=train_keys, stain=ref is not None)
+                run = RunSpec(f"{cfg.trained_as(rname)}_wo_{k}", train=train_keys, stain=ref is not None)
                 _same_identity(run_dir / run.id, {"domains": prep.specs, "scheme": cfg.scheme, "size": size,
                                                   "split_seed": cfg.split_seed, "stain_reference": ref})
                 log.info("run %s (seed %d): train on %s%s", run.id, seed, "+".join(train_keys),
                          f", stain-normalised to {ref}" if ref else "")
                 res = train_run(run, prep, ms, rs.updated(seed=int(seed)), run_dir, cache,
                                 progress=progress, device=cfg.device)
-                s = present_scores(res["test"][k], cfg.classes, cfg.min_support)
+                bn = cfg.recipe(rname).bn_adapt
+                sc = score_run(res["model_dir"], prep, ms, run, k, cache, bn_adapt=bn)
+                s = present_scores(sc["report"] if bn else res["test"][k], cfg.classes, cfg.min_support)
                 seed_rows.append({"held_out": names[k], "recipe": rname, "seed": seed,
                                   "trained_on": "+".join(names[t] for t in train_keys), **s,
-                                  "train_seconds": float(res.get("train_seconds") or 0.0)})
+                                  "train_seconds": float(res.get("train_seconds") or 0.0),
+                                  "calibration": sc["calibration"]})
                 files = write_lodo(cfg, out, mean_rows(seed_rows) + shipped, seed_rows, names, first,
                                    time.perf_counter() - t0)
     rows = mean_rows(seed_rows) + shipped
@@ -232,7 +236,8 @@ def mean_sd_text(mean, sd) -> str:
     return f"{mean:.3f}" if sd is None else f"{mean:.3f} ± {sd:.3f}"
 
 
-def markdown(cfg: LodoConfig, rows: list[dict], names: dict[str, str], prep: Prepared, seconds: float) -> str:
+def markdown(cfg: LodoConfig, rows: list[dict], names: dict[str, str], prep: Prepared, seconds: float,
+             seed_rows: list[dict] | None = None) -> str:
     counts = "; ".join(f"{names[k]} " + "/".join(str(len(prep.splits[k][p])) for p in ("train", "val", "test"))
                        for k in prep.crops)
     md = [f"# Leave-one-domain-out: {cfg.name}", "",
@@ -255,6 +260,7 @@ def markdown(cfg: LodoConfig, rows: list[dict], names: dict[str, str], prep: Pre
                   f"{r['seeds'] or '–'} | {', '.join(r['absent']) or '–'} |")
     md += ["", "Recipes: " + "; ".join(f"`{n}`: {r.description or ('stain' if r.stain else 'supervised')}"
                                         for n, r in cfg.recipes.items()) + ".",
+           *calibration_markdown(calibration_rows(seed_rows or []), list(names.values())), "",
            f"Wall time of this `bench lodo` call: {seconds / 60:.1f} min (a resumed call skips the finished runs)."]
     return "\n".join(md) + "\n"
 
@@ -267,8 +273,9 @@ def write_lodo(cfg: LodoConfig, out: Path, rows: list[dict], seed_rows: list[dic
     w.writeheader()
     w.writerows([{**r, "absent": " ".join(r["absent"])} for r in rows])
     write_text_atomic(out / "lodo.csv", buf.getvalue())
-    write_text_atomic(out / "lodo.md", markdown(cfg, rows, names, prep, seconds))
-    write_json_atomic(out / "results.json", {"rows": rows, "seed_rows": seed_rows, "domains": names,
+    write_text_atomic(out / "lodo.md", markdown(cfg, rows, names, prep, seconds, seed_rows))
+    write_json_atomic(out / "results.json", {"rows": rows, "seed_rows": seed_rows,
+                                             "calibration": calibration_rows(seed_rows), "domains": names,
                                              "classes": cfg.classes, "config": cfg.to_dict(),
                                              "seconds": round(seconds, 1)})
     return [str(out / f) for f in ("lodo.md", "lodo.csv", "results.json")]

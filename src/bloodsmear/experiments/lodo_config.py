@@ -30,6 +30,8 @@ class Recipe(StrictConfig):
     image_size: int | None = None  # crop side for this recipe (None: the config's image_size)
     maps: dict = {}  # overrides of the `maps:` section (MapSettings keys)
     train: dict = {}  # overrides of the `train:` section (RunSettings keys)
+    bn_adapt: bool = False  # re-estimate batch norm on the held-out test crops (no labels) before scoring
+    reuse: str | None = None  # score the runs of this recipe (its settings, stain, run folders): no training
 
 
 class LodoConfig(StrictConfig):
@@ -99,6 +101,9 @@ class LodoConfig(StrictConfig):
             if k not in self.domains:
                 raise ValueError(f"held_out: unknown domain key {k!r} (valid: {', '.join(keys)})")
         for name, r in self.recipes.items():
+            if r.reuse is not None and (r.reuse not in self.recipes or self.recipes[r.reuse].reuse is not None):
+                raise ValueError(f"recipes.{name}.reuse: {r.reuse!r} is not a recipe that trains its own runs "
+                                 f"(valid: {', '.join(n for n, x in self.recipes.items() if x.reuse is None)})")
             if r.stain_reference is not None and r.stain_reference not in self.domains:
                 raise ValueError(f"recipes.{name}.stain_reference: unknown domain key {r.stain_reference!r} "
                                  f"(valid: {', '.join(keys)})")
@@ -112,9 +117,14 @@ class LodoConfig(StrictConfig):
             raise InputError(None, f"unknown recipe {name!r} (valid: {', '.join(self.recipes)})")
         return self.recipes[name]
 
+    def trained_as(self, name: str) -> str:
+        """The recipe whose runs `name` scores: its `reuse`, else itself."""
+        return self.recipe(name).reuse or name
+
     def recipe_settings(self, name: str) -> tuple[MapSettings, RunSettings, int]:
-        """The recipe's MapSettings and RunSettings (the shared sections with its overrides) and crop size."""
-        r = self.recipe(name)
+        """The recipe's MapSettings and RunSettings (the shared sections with its overrides) and crop size
+        (a `reuse` recipe: those of the recipe it reuses)."""
+        r = self.recipe(self.trained_as(name))
         ms = MapSettings.model_validate({**self.maps.to_dict(), **r.maps})
         rs = RunSettings.model_validate({**self.train.to_dict(), **r.train})
         return ms, rs, int(r.image_size or self.image_size)
@@ -122,7 +132,7 @@ class LodoConfig(StrictConfig):
     def stain_reference(self, name: str, held_out: str) -> str | None:
         """The domain whose stain the recipe normalises to when `held_out` is held out (None: no stain).
         Never the held-out domain itself: its crops, labelled or not, stay unseen."""
-        r = self.recipe(name)
+        r = self.recipe(self.trained_as(name))
         if not r.stain:
             return None
         train = [k for k in self.domains if k != held_out]

@@ -8,7 +8,13 @@ generator state gives the same result. Square inputs keep their shape (rot90 of 
 Add a preset with `@register_augment("name")`.
 
 Presets: "none"; "flips" (horizontal/vertical flips and 90-degree rotations, per image - a cell has
-no orientation); "light" (flips + small brightness/contrast/saturation/hue-free colour jitter).
+no orientation); "light" (flips + small brightness/contrast/saturation/hue-free colour jitter);
+"paper_dann" (the paper's policy, `augment_paper`); "stain_wide" (flips/rot90, HED stain jitter, hue,
+saturation, brightness, contrast, gamma, white balance, defocus, down-up sampling, noise, JPEG:
+`augment_wide.WidePolicy`); "stain_colour" (the same without blur, resampling, noise and JPEG).
+
+The per-image presets also exist as numpy policies `policy(uint8 HWC, numpy Generator)` for the cached
+views of `feature_cache` (`image_policy(name)`; None for the batch-only presets).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 import torch
 
 from bloodsmear.preprocess.augment_paper import PaperPolicy
+from bloodsmear.preprocess.augment_wide import WidePolicy
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 _PRESETS: dict[str, Augment] = {}
@@ -90,18 +97,51 @@ def light(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return color_jitter(flips_rot90(x, g), g)
 
 
-__all__ = ["register_augment", "get_augment", "list_augments", "flips_rot90", "color_jitter"]
+__all__ = ["register_augment", "get_augment", "list_augments", "flips_rot90", "color_jitter", "image_policy",
+           "per_image_batch"]
 
 
-@register_augment("paper_dann")
-def paper_dann_batch(x, g):
-    """`augment: paper_dann`: the policy per image of a float (B, 3, H, W) batch in 0..255.
+def colour_only() -> WidePolicy:
+    """`stain_colour`: the wide preset's geometry, stain and colour jitter, no blur, resampling, noise or JPEG."""
+    return WidePolicy(p_blur=0.0, p_down=0.0, p_noise=0.0, p_jpeg=0.0)
+
+
+_IMAGE_POLICIES: dict[str, Callable[[], Callable]] = {"paper_dann": PaperPolicy, "stain_wide": WidePolicy,
+                                                      "stain_colour": colour_only}
+
+
+def image_policy(name: str | None) -> Callable | None:
+    """The per-image numpy policy of a preset (`policy(rgb_uint8, rng)`), None for batch-only presets."""
+    get_augment(name)  # KeyError naming the valid presets
+    make = _IMAGE_POLICIES.get(name or "none")
+    return make() if make is not None else None
+
+
+def per_image_batch(policy: Callable, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A per-image numpy policy over a float (B, 3, H, W) batch in 0..255.
 
     Each image gets its own numpy generator seeded from the torch generator, so the batch result is a
     pure function of (x, generator state). Returns a new float tensor.
     """
     seeds = torch.randint(0, 2**31 - 1, (x.shape[0],), generator=g).tolist()
     imgs = x.detach().permute(0, 2, 3, 1).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
-    policy = PaperPolicy()
     out = np.stack([policy(im, np.random.default_rng(s)) for im, s in zip(imgs, seeds)])
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.dtype).contiguous()
+
+
+@register_augment("paper_dann")
+def paper_dann_batch(x, g):
+    """`augment: paper_dann`: the paper's policy per image (`per_image_batch`)."""
+    return per_image_batch(PaperPolicy(), x, g)
+
+
+@register_augment("stain_wide")
+def stain_wide_batch(x, g):
+    """`augment: stain_wide`: `augment_wide.WidePolicy` per image (`per_image_batch`)."""
+    return per_image_batch(WidePolicy(), x, g)
+
+
+@register_augment("stain_colour")
+def stain_colour_batch(x, g):
+    """`augment: stain_colour`: `colour_only()` per image (`per_image_batch`)."""
+    return per_image_batch(colour_only(), x, g)
