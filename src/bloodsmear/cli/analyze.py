@@ -38,9 +38,9 @@ def analyze(
     parse_scale(scale, "--scale")
     if level not in LEVELS:
         raise InputError(None, f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    check_inputs(inputs, out)  # before the models load: a wrong path is reported at once
+    jobs = check_inputs(inputs, out)  # before the models load: a wrong path is reported at once
     pipe = Pipeline.from_config(pipeline)
-    summary = run_batch(inputs, out, pipe, scale=scale, overlays=overlays, workers=workers, fresh=fresh,
+    summary = run_batch(inputs, out, pipe, jobs=jobs, scale=scale, overlays=overlays, workers=workers, fresh=fresh,
                         level=level)
     d = summary.to_dict()
     rows = [(k, v) for k, v in sorted(summary.counts.items())]

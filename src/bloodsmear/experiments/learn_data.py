@@ -13,7 +13,6 @@ Red cells and WBCs without a type are left out (listed in `skipped`); a missing 
 
 from __future__ import annotations
 
-import copy
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from bloodsmear.data.cvat import cvat_files, read_cvat
 from bloodsmear.data.folders import class_folders, read_folders
 from bloodsmear.data.registry import detect_format
 from bloodsmear.errors import InputError
-from bloodsmear.inference.pipeline import Pipeline, own_choice, small_copy
+from bloodsmear.inference.pipeline import own_choice, screening_crops, small_copy
 from bloodsmear.inference.pipeline_config import PipelineConfig
 from bloodsmear.inference.stages import CropSource, estimate_rbc_diameter_px
 from bloodsmear.io import read_image, read_json
@@ -125,32 +124,15 @@ def _image_file(path: Path, name: str, images: Path | None, where: Path) -> Path
     raise InputError(path, f"image file not found (labelled in {where}); pass --images DIR, the folder of the fields")
 
 
-class _Capture:
-    """A screening stage that keeps the crops the pipeline's classify stage hands it."""
-
-    classes = ("wbc", "other")
-
-    def __init__(self):
-        self.crops: list[np.ndarray] = []
-
-    def predict_proba(self, crops):
-        self.crops.extend(crops)
-        return np.tile([1.0, 0.0], (len(crops), 1))
-
-
 def crops_like_pipeline(rgb: np.ndarray, cells: Sequence[Cell], *, rbc_px: float | None = None,
                         config: PipelineConfig | None = None, name: object = "image") -> list[np.ndarray]:
-    """The crops the pipeline's classify stage (`Pipeline.classify_many`) cuts for `cells` of the field
+    """The crops the pipeline's classify stage (`inference.pipeline.screening_crops`) cuts for `cells` of the field
     `rgb` (neither is modified), framed by `rbc_px` (original px; None: estimated as `analyze` does)."""
-    cfg = (config or PipelineConfig.load(None)).updated(screening_classes=None, refine=None, refine_crop=None)
+    cfg = config or PipelineConfig.load(None)
     small, f = small_copy(rgb, cfg.scale_max_side)
     if rbc_px is None:
         rbc_px = own_choice(small, f, "auto", estimate_rbc_diameter_px(small, f), name=name).diameter_px
-    cap = _Capture()
-    seg = type("NoSegmenter", (), {"rbc_diameter_px": 1.0})()
-    Pipeline(seg, cap, None, cfg).classify_many([(CropSource(rgb, small if f < 1.0 else None, f),
-                                                  [copy.deepcopy(c) for c in cells], rbc_px)])
-    return cap.crops
+    return screening_crops([(CropSource(rgb, small if f < 1.0 else None, f), list(cells), rbc_px)], cfg)
 
 
 def _field_label(cell: Cell) -> str | None:

@@ -243,7 +243,8 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scale: str | float | None = None,
             overlays: bool = True, progress: bool = True, workers: int | None = None,
-            batch_images: int = BATCH_IMAGES, fresh: bool = False, level: str = "group") -> BatchSummary:
+            batch_images: int = BATCH_IMAGES, fresh: bool = False, level: str = "group",
+            jobs: Sequence[ImageJob] | None = None) -> BatchSummary:
     """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`:
     `workers` threads (default: `default_workers()`), each taking `batch_images` images at a time
     (their cells classified in one batch). `scale`: a mode ("auto", "field", "folder"; None = the
@@ -254,10 +255,11 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     `fresh`: remove what an earlier run wrote there and start over. `InputError`, before anything is
     written, for an input that does not exist, inputs without any image, an `out_dir` that is a file.
     `level`: the class level of coco.json's and annotations.xml's categories, "group" or "fine"
-    (`outputs.coco`); counts.csv holds both, results.json the answer with both."""
+    (`outputs.coco`); counts.csv holds both, results.json the answer with both. `jobs`: what
+    `check_inputs(inputs, out_dir)` already returned (the inputs are not walked again)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    jobs = check_inputs(inputs, out_dir)
+    jobs = list(jobs) if jobs is not None else check_inputs(inputs, out_dir)
     identity = run_identity(pipeline, scale)
     if fresh:
         n_removed = remove_run(out_dir)

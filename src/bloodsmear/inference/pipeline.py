@@ -206,8 +206,7 @@ class Pipeline:
                                     refined_score=None, review=False, **cell_levels(c.label))
             return
         cfg = self.config
-        crops = [crop for rgb, cs, rbc_px in items
-                 for crop in crop_cells(rgb, cs, padding=cfg.crop_padding, rbc_px=rbc_px, frame_rbc=cfg.crop_frame_rbc)]
+        crops = screening_crops(items, cfg)
         refine_crops = None
         if cfg.refine_crop is not None and self.refine is not None:  # crops framed as the refine model was trained
             rc = {"frame_rbc": None, "padding": None, **cfg.refine_crop}
@@ -331,6 +330,16 @@ def own_choice(small: np.ndarray, small_factor: float, mode: str, own: float | N
         log.warning("%s: %s, and no folder of like fields to check it against: analysed at %.0f px "
                     "(%s)", name, why, choice.diameter_px, choice.source)
     return choice
+
+
+def screening_crops(items: Sequence[tuple[np.ndarray | CropSource, list[Cell], float | None]],
+                    config: PipelineConfig) -> list[np.ndarray]:
+    """The crops the classification stage cuts (and the screening model sees) for every cell of `items`
+    ((image or CropSource, cells, red-cell diameter in original px)), framed as `config` says; the images
+    and cells are not modified."""
+    return [crop for rgb, cs, rbc_px in items
+            for crop in crop_cells(rgb, cs, padding=config.crop_padding, rbc_px=rbc_px,
+                                   frame_rbc=config.crop_frame_rbc)]
 
 
 def small_copy(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
