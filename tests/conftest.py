@@ -39,3 +39,26 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def review_db(request, tmp_path):
+    """A fresh review database URL: an SQLite file, and a new database on the PostgreSQL server named by
+    BLOODSMEAR_TEST_PG (`.ci/run` starts one with .ci/start_postgres.sh; skipped where it is not set)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'review-test.sqlite'}"
+        return
+    import os
+    import uuid
+
+    base = os.environ.get("BLOODSMEAR_TEST_PG")
+    if not base:
+        pytest.skip("no PostgreSQL for the review-store tests (set BLOODSMEAR_TEST_PG; CI starts one)")
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

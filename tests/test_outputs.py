@@ -118,18 +118,20 @@ def test_counts_csv_sums(results, tmp_path):
     assert pct[:3] == pytest.approx([33.33, 0.0, 66.67]) and sum(pct[:3]) == pytest.approx(100, abs=0.02)
 
 
-def test_overlay_draws_both_labels_and_downscales_big_photos(results, tmp_path):
+def test_overlay_draws_labels_adds_a_legend_and_downscales_big_photos(results, tmp_path):
     rgb = make_field(640, 480, [(100, 100, 30, "lymphocyte"), (400, 300, 40, "neutrophil")])
     before = rgb.copy()
     img = render_overlay(rgb, results[0])
-    assert np.array_equal(rgb, before) and img.shape == rgb.shape
-    diff = np.any(img != rgb, axis=2)
+    assert np.array_equal(rgb, before) and img.shape[0] == 480 and img.shape[1] > 640  # legend to the right
+    assert np.array_equal(img[:, :640], render_overlay(rgb, results[0], legend=False))
+    diff = np.any(img[:, :640] != rgb, axis=2)
     assert diff[100 - 30 - 4:100 - 30 + 4, 90:110].any()  # the outline at the top of the first disc
     assert diff[:100 - 32, 60:140].sum() > 50  # a label above it
     big = cv2.resize(rgb, (3200, 2400))
     big_res = make_pipeline().run(big, "big.jpg", scale=100)
-    small = render_overlay(big, big_res, max_side=800)
+    small = render_overlay(big, big_res, max_side=800, legend=False)
     assert small.shape == (600, 800, 3)
-    out = write_overlay(tmp_path / "o" / "x.png", rgb, results[0])
-    assert cv2.imread(str(out)).shape == (480, 640, 3)
+    out = write_overlay(tmp_path / "o" / "x.png", rgb, results[0], review_threshold=0.95)
+    written = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(written, render_overlay(rgb, results[0], review_threshold=0.95))
     assert not list((tmp_path / "o").glob(".*"))  # no temp file left

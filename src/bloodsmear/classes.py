@@ -42,6 +42,10 @@ COMMON_CLASSES: tuple[str, ...] = (
 )
 #: Non-WBC object kinds that appear in field annotations (BCCD).
 OTHER_KINDS: tuple[str, ...] = ("wbc", "rbc", "platelet")
+#: What a reviewer answers for a detection that has no WBC type: not a WBC at all (dust, stain precipitate,
+#: a red-cell clump: "artefact") or a WBC too damaged to type ("smudge_cell", counted apart: a report flag).
+#: Neither counts in the differential.
+REVIEW_KINDS: tuple[str, ...] = ("artefact", "smudge_cell")
 
 #: The fine classes (12, sorted): RV-PBS's 10 (blast_cell keeps its slot: no blast images here, a lab that has
 #: them trains it) plus PBC's erythroblast and platelet.
@@ -58,7 +62,7 @@ LEVELS: tuple[str, ...] = ("fine", "group")
 
 #: Every canonical name.
 ALL_CLASSES: tuple[str, ...] = tuple(sorted(set(RVPBS_CLASSES) | set(PBC_CLASSES) | set(OTHER_KINDS)
-                                            | set(FINE_CLASSES)))
+                                            | set(FINE_CLASSES) | set(REVIEW_KINDS)))
 
 _ALIASES: dict[str, str] = {
     # plural / upper-case folder names of RV-PBS and BCCD
@@ -81,6 +85,8 @@ _ALIASES: dict[str, str] = {
     "platelets": "platelet", "plt": "platelet", "thrombocyte": "platelet",
     "white_blood_cell": "wbc", "leukocyte": "wbc", "leucocyte": "wbc",
     "red_blood_cell": "rbc", "erythrocyte": "rbc",
+    "artifact": "artefact", "not_wbc": "artefact", "not_a_wbc": "artefact", "debris": "artefact",
+    "smudge": "smudge_cell", "smudge_cells": "smudge_cell", "basket_cell": "smudge_cell", "gumprecht": "smudge_cell",
 }
 
 

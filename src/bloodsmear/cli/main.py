@@ -31,6 +31,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
               "a new model folder with its card."),
     "learn": ("bloodsmear.cli.learn", "register", "Fine-tune a classifier on a few cells a person labelled and save "
               "a lab model folder with its card."),
+    "review": ("bloodsmear.cli.review", "register", "Review, correct and sign an analyze output folder in the "
+               "browser (cases, slides, gallery, report)."),
+    "export": ("bloodsmear.cli.review", "register", "Export an analyze folder with the review's corrections "
+               "applied: CVAT XML, COCO, paper JSON, counts CSV or labelled crops for `bloodsmear learn`."),
+    "report": ("bloodsmear.cli.report", "register", "Differential report per case: counts and % at both levels "
+               "with 95 % intervals, reference ranges, flags, cell images, review status and signer; HTML (and PDF)."),
     "complexity": ("bloodsmear.cli.insight", "register", "Conv/dense layers, parameters (frozen and fine-tuned), "
                    "activation memory, file size, train/inference time."),
     "insight": ("bloodsmear.cli.insight", "register", "Look inside a classifier: activation maximisation, "

@@ -208,7 +208,8 @@ def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipe
         det.timings["classify"] = share
         result = det.to_result()
         if overlays:  # the overlay first: the per-image record marks the image done
-            write_overlay(overlay_path(out_dir, result.name), rgb, result)
+            write_overlay(overlay_path(out_dir, result.name), rgb, result,
+                          review_threshold=getattr(getattr(pipeline, "config", None), "review_threshold", None))
         write_json_atomic(record_path(out_dir, result.name), image_record(result), indent=None)
         out.append((job, None))
     return out

@@ -70,8 +70,8 @@ def cell_record(cell: Cell) -> dict:
 
 
 def image_record(result: SlideResult) -> dict:
-    """One analysed image as the paper's image object (plus scale, RBC diameter, its source and stage
-    timings)."""
+    """One analysed image as the paper's image object (plus scale, RBC diameter, where that came from, the
+    image file's absolute path (`source`: what `bloodsmear review` shows) and stage timings)."""
     return {
         "filename": result.name,
         "height": int(result.height),
@@ -79,6 +79,7 @@ def image_record(result: SlideResult) -> dict:
         "scale": _num(result.scale),
         "rbc_diameter_px": _num(result.rbc_diameter_px),
         "scale_source": result.meta.get("scale_source"),
+        "source": str(Path(result.path).resolve()) if result.path is not None else None,
         "timings_s": {k: round(float(v), 5) for k, v in result.timings.items()},
         "masks": [cell_record(c) for c in result.cells],
     }
@@ -112,6 +113,7 @@ def record_to_result(rec: dict) -> SlideResult:
         scale=float(rec.get("scale") or 1.0), rbc_diameter_px=rec.get("rbc_diameter_px"),
         timings=dict(rec.get("timings_s") or {}),
         meta={"scale_source": rec["scale_source"]} if rec.get("scale_source") else {},
+        path=Path(rec["source"]) if rec.get("source") else None,
     )
 
 
