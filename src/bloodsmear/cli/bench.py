@@ -20,6 +20,7 @@ from bloodsmear.experiments.lodo_config import load_lodo_config
 from bloodsmear.experiments.rescore import rescore_domains
 from bloodsmear.inference.batch import WORKERS_HELP
 from bloodsmear.preprocess.crop_batch import bench_crop
+from bloodsmear.review.bench import bench_review
 
 app = App(help="Benchmarks that print figures (speed, accuracy).", no_args_is_help=True)
 
@@ -215,3 +216,27 @@ def bench_stages_cmd(
                 + [("macro", rep.macro_precision, rep.macro_recall, rep.macro_f1, rep.n)])
     if json_out:
         emit_json(ev.to_dict())
+
+
+@app.command("review")
+def bench_review_cmd(
+    out_dir: str = typer.Argument(None, help="An analyze output folder (default: a synthetic 4032x3024 photo with "
+                                  "--cells cells)."),
+    cells: int = typer.Option(200, "--cells", help="Cells of the synthetic photo."),
+    relabels: int = typer.Option(50, "--relabels", help="Relabel round trips to time."),
+    browser: bool = typer.Option(True, "--browser/--no-browser", help="Also time the slide view in headless Chromium."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Review server: open a big field (cells, preview, full image; cold and warm), relabel round trip."""
+    r = bench_review(out_dir, cells=cells, relabels=relabels, browser=browser)
+    rows = [("field", f"{r['field']}, {r['cells']} cells")]
+    for k in ("open_cold", "open_warm"):
+        o = r[k]
+        rows.append((f"{k}: cells JSON / +preview / +full image (ms)",
+                     f"{o['cells_json_ms']} / {o['with_preview_ms']} / {o['with_full_image_ms']}"))
+    rows.append(("browser: slide view drawn (ms)", r["browser_open_ms"] if r["browser_open_ms"] is not None else "n/a"))
+    rl = r["relabel_ms"]
+    rows.append(("relabel round trip median / p95 / max (ms)", f"{rl['median']} / {rl['p95']} / {rl['max']}"))
+    print_table("bloodsmear bench review", ["figure", "value"], rows)
+    if as_json:
+        emit_json(r)

@@ -22,7 +22,8 @@ from bloodsmear.classes import FINE_CLASSES, GROUP_CLASSES, REVIEW_KINDS, canoni
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.io import read_json
 from bloodsmear.outputs.paper_json import document_records, validate
-from bloodsmear.review.store import (CaseRow, CellRow, ConflictError, SlideInput, SlideRow, Store, default_url)
+from bloodsmear.review.store import (CaseRow, CellRow, ConflictError, SlideInput, SlideRow, Store, Tally,
+                                     default_url)
 
 MAX_VERTICES = 4000
 #: Not counted in the differential (reported apart).
@@ -129,7 +130,7 @@ class ReviewRun:
             "updated_at": cell.updated_at.isoformat() if cell.updated_at else None,
         }
 
-    def differential(self, cells: list[CellRow]) -> dict:
+    def differential(self, cells: list[CellRow] | list[Tally]) -> dict:
         live = [c for c in cells if not c.deleted]
         counted = [c for c in live if c.label not in NOT_IN_DIFFERENTIAL]
         n = len(counted)
@@ -202,8 +203,7 @@ class ReviewRun:
     # ---------------------------------------------------------------------------------------- writes
     def _answer(self, cell: CellRow) -> dict:
         case = self.store.case_of_slide(cell.slide_id)
-        return {"cell": self.cell_view(cell, case.name),
-                "differential": self.differential(self.store.cells(case_id=case.id))}
+        return {"cell": self.cell_view(cell, case.name), "differential": self.differential(self.store.tallies(case.id))}
 
     def relabel(self, cell_id: int, label: object, *, version: int, who: str) -> dict:
         lab = self.check_label(label)

@@ -100,13 +100,24 @@ class CellRow(Base):
     polygon: Mapped[list] = mapped_column(JSON)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     answered: Mapped[bool] = mapped_column(Boolean, default=False)  # a person has given or confirmed its answer
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)  # the model flagged it (its `review`), never changed
     version: Mapped[int] = mapped_column(Integer, default=1)
     updated_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     @property
-    def flagged(self) -> bool:
-        return bool(self.model and self.model.get("review"))
+    def unidentified(self) -> bool:
+        return self.flagged and not self.answered and not self.deleted
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What the differential needs of a cell (read without its outline and model answer)."""
+
+    label: str
+    deleted: bool
+    answered: bool
+    flagged: bool
 
     @property
     def unidentified(self) -> bool:
@@ -211,7 +222,8 @@ class Store:
                 s.add(row)
                 s.flush()
                 s.add_all(CellRow(slide_id=row.id, index=i, origin="model", model=m, label=m["class_name"],
-                                  polygon=m.get("vertices") or [], deleted=False, answered=False, version=1)
+                                  polygon=m.get("vertices") or [], deleted=False, answered=False,
+                                  flagged=bool(m.get("review")), version=1)
                           for i, m in enumerate(sl.masks))
             return run.id
 
@@ -247,6 +259,12 @@ class Store:
         with self.session() as s:
             return list(s.scalars(q.order_by(CellRow.slide_id, CellRow.index)))
 
+    def tallies(self, case_id: int) -> list[Tally]:
+        q = (select(CellRow.label, CellRow.deleted, CellRow.answered, CellRow.flagged)
+             .join(SlideRow, SlideRow.id == CellRow.slide_id).where(SlideRow.case_id == case_id))
+        with self.session() as s:
+            return [Tally(*row) for row in s.execute(q)]
+
     def cell(self, cell_id: int) -> CellRow:
         with self.session() as s:
             row = s.get(CellRow, cell_id)
@@ -273,14 +291,17 @@ class Store:
 
     def edit(self, cell_id: int, kind: str, who: str, version: int, **change: Any) -> CellRow:
         """Apply one edit (`kind` in EDIT_KINDS less "add") to a cell if it is still at `version`; one event."""
-        cell = self.cell(cell_id)
-        case_id = self.slide(cell.slide_id).case_id
         with self.session() as s, s.begin():
+            cell = s.get(CellRow, cell_id)
+            if cell is None:
+                raise NotFoundError(f"no cell {cell_id}")
+            case_id = s.get(SlideRow, cell.slide_id).case_id  # type: ignore[union-attr]
             case = self._writable_case(s, case_id)
             before = cell_state(cell)
             after = {**before, **change}
             res = s.execute(update(CellRow).where(CellRow.id == cell_id, CellRow.version == version).values(
-                **change, version=CellRow.version + 1, updated_by=who, updated_at=_now()))
+                **change, version=CellRow.version + 1, updated_by=who, updated_at=_now())
+                .execution_options(synchronize_session=False))
             if res.rowcount == 1:
                 s.add(EventRow(case_id=case_id, cell_id=cell_id, kind=kind, who=who, before=before, after=after))
                 if case.status == "new":
