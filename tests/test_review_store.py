@@ -132,3 +132,15 @@ def test_differential_follows_corrections(run):
     d2 = run.add(c.slide_id, [[1, 1], [30, 1], [30, 30]], "basophil", who="ana")["differential"]
     assert d2["total"] == d1["total"] + 1
     assert abs(sum(r["percent"] for r in d2["group"]) - 100) < 0.5
+
+
+def test_a_database_of_another_schema_version_is_one_clear_error(run, review_db):
+    from sqlalchemy import update as sa_update
+
+    from bloodsmear.errors import BloodsmearError
+    from bloodsmear.review.store import SchemaRow
+
+    with run.store.engine.begin() as conn:
+        conn.execute(sa_update(SchemaRow).values(version=99))
+    with pytest.raises(BloodsmearError, match="schema version 99"):
+        ReviewRun.open(run.out_dir, db_url=review_db)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, select, update)
+                        create_engine, event, insert, inspect, select, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from bloodsmear.errors import BloodsmearError
 
 DB_FILE = "review.sqlite"
+SCHEMA_VERSION = 1  # raise it with every change of the tables below
 EDIT_KINDS = ("label", "confirm", "delete", "restore", "polygon", "add")
 
 
@@ -56,6 +57,11 @@ class Base(DeclarativeBase):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class SchemaRow(Base):
+    __tablename__ = "review_schema"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
 class RunRow(Base):
@@ -173,10 +179,18 @@ def make_engine(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
-        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            fresh = not inspect(conn).has_table(SchemaRow.__tablename__)
+            Base.metadata.create_all(conn)
+            if fresh:
+                conn.execute(insert(SchemaRow).values(version=SCHEMA_VERSION))
+            found = conn.scalar(select(SchemaRow.version))
     except (SQLAlchemyError, ImportError, ValueError) as e:
         raise BloodsmearError(f"cannot open the review database {url.split('@')[-1]}: {e.__class__.__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    if found != SCHEMA_VERSION:
+        raise BloodsmearError(f"the review database {url.split('@')[-1]} has schema version {found}, this bloodsmear "
+                              f"reads version {SCHEMA_VERSION}: review with another --db (or move the old file away)")
     return engine
 
 
