@@ -8,7 +8,7 @@ is served on a free localhost port; then:
 - open, warm: the same again (what a second reviewer or a reload sees);
 - relabel round trip: POST a new label and read the answer (cell + live differential), `n` times;
 - in headless Chromium when available (`browser=True`): from navigation to the slide view with every
-  outline drawn (the page sets `data-ready` on its `#slide` element).
+  outline drawn (the page sets `data-ready` on its `#slide-svg` element).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _browser_open(url: str, slide_id: int) -> float | None:
         page.evaluate("localStorage.setItem('bloodsmear.reviewer', 'bench')")
         t0 = time.perf_counter()
         page.goto(url + f"/#/slide/{slide_id}", wait_until="commit")
-        page.wait_for_selector("#slide[data-ready='1']", timeout=30000)
+        page.wait_for_selector("#slide-svg[data-ready='1']", timeout=30000)
         ms = _ms(t0)
         browser.close()
     return ms
