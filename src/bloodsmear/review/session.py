@@ -147,8 +147,8 @@ class ReviewRun:
                                                                                 if k not in REVIEW_KINDS},
                              "deleted": sum(c.deleted for c in cells)}}
 
-    def case_summary(self, case: CaseRow, cells: list[CellRow] | None = None) -> dict:
-        cells = cells if cells is not None else self.store.cells(case_id=case.id)
+    def case_summary(self, case: CaseRow, cells: list[CellRow] | list[Tally] | None = None) -> dict:
+        cells = cells if cells is not None else self.store.tallies(case.id)
         live = [c for c in cells if not c.deleted]
         reviewed = sum(c.answered for c in live)
         return {"name": case.name, "slides": len(self.store.slides(case.id)), "cells": len(live), "reviewed": reviewed,
@@ -161,8 +161,8 @@ class ReviewRun:
 
     def case_detail(self, name: str) -> dict:
         case = self.store.case(self.run_id, name)
-        cells = self.store.cells(case_id=case.id)
-        per_slide: dict[int, list[CellRow]] = {}
+        cells = self.store.tallies(case.id)
+        per_slide: dict[int, list[Tally]] = {}
         for c in cells:
             per_slide.setdefault(c.slide_id, []).append(c)
         slides = [{"id": s.id, "name": s.name, "width": s.width, "height": s.height,
@@ -235,7 +235,7 @@ class ReviewRun:
 
     def sign(self, name: str, *, who: str) -> dict:
         case = self.store.case(self.run_id, name)
-        left = sum(c.unidentified for c in self.store.cells(case_id=case.id))
+        left = sum(c.unidentified for c in self.store.tallies(case.id))
         return self.case_summary(self.store.sign(case.id, who, left))
 
     def reopen(self, name: str, reason: str, *, who: str) -> dict:

@@ -124,6 +124,7 @@ class Tally:
     deleted: bool
     answered: bool
     flagged: bool
+    slide_id: int = 0
 
     @property
     def unidentified(self) -> bool:
@@ -274,7 +275,7 @@ class Store:
             return list(s.scalars(q.order_by(CellRow.slide_id, CellRow.index)))
 
     def tallies(self, case_id: int) -> list[Tally]:
-        q = (select(CellRow.label, CellRow.deleted, CellRow.answered, CellRow.flagged)
+        q = (select(CellRow.label, CellRow.deleted, CellRow.answered, CellRow.flagged, CellRow.slide_id)
              .join(SlideRow, SlideRow.id == CellRow.slide_id).where(SlideRow.case_id == case_id))
         with self.session() as s:
             return [Tally(*row) for row in s.execute(q)]
