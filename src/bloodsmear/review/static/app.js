@@ -1,7 +1,7 @@
 // The review page: one page, routes in the hash (#/ cases, #/case/NAME gallery, #/slide/ID[/cell/CID] slide view),
 // keyboard first. Talks to the server only through the API in docs/review-api.md.
 import { loadConfig, prefetch, store } from "./api.js";
-import { current } from "./casebar.js";
+import { current, signOff } from "./casebar.js";
 import { renderCases } from "./cases.js";
 import { renderGallery } from "./gallery.js";
 import { renderSlide } from "./slide.js";
@@ -62,6 +62,8 @@ function onKey(ev) {
     if (ev.key === "?" || ev.key === "h") { ev.preventDefault(); showHelp(); return; }
     if (ev.key === ",") { ev.preventDefault(); showSettings(); return; }
     if (ev.key === "t") { ev.preventDefault(); ensureReviewer(true); return; }
+    // sign off from the gallery or the slide view without hunting for the button
+    if (ev.key === "Enter" && ev.shiftKey && current.name && view) { ev.preventDefault(); signOff(); return; }
   }
   if (view && view.key && view.key(ev)) ev.preventDefault();
 }

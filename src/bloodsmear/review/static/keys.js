@@ -69,6 +69,7 @@ export const COMMON_KEYS = [
   ["Escape", "cancel / close / back"],
   ["u or Ctrl+Z", "undo your last change in this case"],
   ["t", "change the reviewer name"],
+  ["Shift+Enter", "sign off the case (gallery and slide view)"],
 ];
 
 export const CASES_KEYS = [

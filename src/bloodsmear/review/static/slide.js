@@ -9,11 +9,16 @@ import { placeLabels } from "./labels.js";
 import { Viewport, svg } from "./viewport.js";
 import { colourOf, h, pretty, toast } from "./ui.js";
 
-const FONT = "600 12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+const FAMILY = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 let measureCtx = null;
-function textWidth(t) {
-  if (!measureCtx) { measureCtx = document.createElement("canvas").getContext("2d"); measureCtx.font = FONT; }
-  return measureCtx.measureText(t).width;
+/** Width of a label: its main text in the bold label font, the screening part (a tspan) in the regular one. */
+function textWidth(main, extra = "") {
+  if (!measureCtx) measureCtx = document.createElement("canvas").getContext("2d");
+  measureCtx.font = `600 ${FAMILY}`;
+  const w = measureCtx.measureText(main).width;
+  if (!extra) return w;
+  measureCtx.font = `400 ${FAMILY}`;
+  return w + measureCtx.measureText(extra).width;
 }
 
 /** Black or white text, whichever reads better on `hex`. */
@@ -134,7 +139,7 @@ export async function renderSlide(main, slideId, cellId) {
         const [x1, y1] = vp.toScreen(c.box[0], c.box[1]), [x2, y2] = vp.toScreen(c.box[2], c.box[3]);
         if (x2 < 0 || y2 < 0 || x1 > vp.w || y1 > vp.h) continue;
         const t = labelText(c);
-        items.push({ id: c.id, box: [x1, y1, x2, y2], w: Math.ceil(textWidth(t.main + t.extra)) + 8, h: 18, cell: c });
+        items.push({ id: c.id, box: [x1, y1, x2, y2], w: Math.ceil(textWidth(t.main, t.extra)) + 8, h: 18, cell: c });
       }
       const spots = placeLabels(items, { x: 0, y: 0, w: vp.w, h: vp.h });
       const hidden = [];
@@ -149,7 +154,7 @@ export async function renderSlide(main, slideId, cellId) {
       for (const id of [S.hover, S.sel]) {
         const c = byId().get(id);
         if (!c) continue;
-        const t = labelText(c), w = Math.ceil(textWidth(t.main + t.extra)) + 8;
+        const t = labelText(c), w = Math.ceil(textWidth(t.main, t.extra)) + 8;
         const [x1, y1] = vp.toScreen(c.box[0], c.box[1]), [x2] = vp.toScreen(c.box[2], c.box[3]);
         drawLabel(c, { x: (x1 + x2 - w) / 2, y: Math.max(0, y1 - 20), w, h: 18 }, true);
       }
