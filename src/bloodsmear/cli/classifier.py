@@ -16,6 +16,7 @@ from bloodsmear.evaluation.classifier import evaluate_model
 from bloodsmear.inference.classify import FRAMINGS, classify_paths, write_predictions
 from bloodsmear.inference.single_cell import CellFramer
 from bloodsmear.metrics.plots import plot_confusion
+from bloodsmear.training.distributed import is_main
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def train_cmd(
     shortcuts = {"out_dir": None if out_dir is None else str(out_dir), "epochs": epochs, "lr": lr,
                  "batch_size": batch_size, "seed": seed, "device": device, "pretrained": pretrained}
     res = run_config_file(config, shortcuts=shortcuts, sets=set_, restart=restart, progress=progress)
+    if not is_main():  # torchrun: rank 0 reports
+        return
     d = res.to_dict()
     test = d.get("test") or {}
     print_table("Training result", ["figure", "value"],

@@ -27,6 +27,8 @@ from bloodsmear.models.card import card_header, command_line, metrics_section
 from bloodsmear.models.classifier import build_classifier
 from bloodsmear.preprocess.augment import image_policy
 from bloodsmear.preprocess.color import ReinhardNormalizer
+from bloodsmear.training.distributed import (agree, broadcast_object, describe, describe_text, is_main, local_device,
+                                             main_first, resume_config, shard)
 from bloodsmear.training.engine import evaluate, resolve_device, to_device
 from bloodsmear.training.feature_cache import MapLoader, TailModel, cached_views
 from bloodsmear.training.objectives import build_objective
@@ -149,11 +151,10 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     out = out_dir / run.id
     settings = {"run": asdict(run), "maps": ms.to_dict(), "train": rs.to_dict(), "classes": prep.classes}
     done = out / "result.json"
-    if done.is_file():
-        prev = read_json(done)
-        if prev.get("settings") == json.loads(json.dumps(settings)):
-            log.info("run %s: done already (%s)", run.id, done)
-            return prev
+    prev = read_json(done) if done.is_file() else None
+    if agree(prev is not None and prev.get("settings") == json.loads(json.dumps(settings)), f"whether {done} is done"):
+        log.info("run %s: done already (%s)", run.id, done)
+        return prev
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(rs.seed)
     model = build_classifier(ms.backbone, len(prep.classes), mode="finetune", pretrained=rs.pretrained,
@@ -166,7 +167,7 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
         model.backbone.load_state_dict(base.model.backbone.state_dict())
     tail = TailModel(model, ms.train_from, freeze_bn=rs.freeze_bn)
     spec = model.backbone.spec
-    dev = resolve_device(device)
+    dev = local_device(resolve_device(device))  # torchrun: cuda -> this process's GPU
     tail.to(dev)
 
     def maps(key: str, part: str) -> torch.Tensor:
@@ -175,11 +176,13 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     def labels(key: str, part: str) -> np.ndarray:
         return prep.crops[key].labels[prep.splits[key][part]]
 
-    tr_x = torch.cat([maps(k, "train") for k in run.train])
+    with main_first():  # torchrun: rank 0 fills the map caches, the others read them
+        tr_x = torch.cat([maps(k, "train") for k in run.train])
+        va_x = torch.cat([maps(k, "val") for k in run.train])
+        tg_x = maps(run.target, "train") if run.objective == "dann" and run.target else None
     tr_y = np.concatenate([labels(k, "train") for k in run.train])
-    va_x = torch.cat([maps(k, "val") for k in run.train])
     va_y = np.concatenate([labels(k, "val") for k in run.train])
-    train_loader = MapLoader(tr_x, tr_y, batch_size=rs.batch_size, shuffle=True, seed=rs.seed, drop_last=True)
+    train_loader = shard(MapLoader(tr_x, tr_y, batch_size=rs.batch_size, shuffle=True, seed=rs.seed, drop_last=True))
     val_loader = MapLoader(va_x, va_y, batch_size=256, shuffle=False)
     target_loader = None
     kw: dict = {}
@@ -187,8 +190,8 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
         if not run.target:
             raise ValueError(f"run {run.id}: the dann objective needs a target domain")
         # unlabelled: the target loader carries no labels at all
-        target_loader = MapLoader(maps(run.target, "train"), None, batch_size=rs.batch_size, shuffle=True,
-                                  seed=rs.seed + 1, drop_last=True)
+        target_loader = shard(MapLoader(tg_x, None, batch_size=rs.batch_size, shuffle=True, seed=rs.seed + 1,
+                                        drop_last=True))
         kw = dict(feature_dim=model.backbone.feature_dim, steps_per_epoch=len(train_loader), **rs.dann)
     objective = build_objective(run.objective, **kw).to(dev)
     params = [p for p in tail.parameters() if p.requires_grad] + list(objective.parameters())
@@ -197,7 +200,9 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     fr = fit(tail, objective, train_loader, val_loader if select else None, optimizer, epochs=rs.epochs,
              classes=prep.classes, checkpoint=out / "checkpoint.pt", progress=progress, target_loader=target_loader,
              on_epoch_end=None if select else _log_val(tail, val_loader, prep.classes, dev), device=dev,
-             config=_resume_config(settings))
+             config=resume_config(_resume_config(settings)))
+    if not is_main():  # torchrun: rank 0 scores and writes the run, the others return its result
+        return broadcast_object(None)
     results, feats = {}, {}
     for key in prep.crops:
         te = MapLoader(maps(key, "test"), labels(key, "test"), batch_size=256, shuffle=False)
@@ -211,7 +216,7 @@ def train_run(run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings, ou
     res = {"settings": settings, "test": results, "history": fr.history, "epochs_run": fr.epochs_run,
            "train_seconds": round(fr.train_seconds, 1), "model_dir": str(out / "model")}
     write_json_atomic(done, res)
-    return res
+    return broadcast_object(res)
 
 
 def _resume_config(settings: dict) -> dict:
@@ -244,7 +249,7 @@ def _save(model, run: RunSpec, prep: Prepared, ms: MapSettings, rs: RunSettings,
     training = {"kind": "domains", **settings, "domains": {k: c.name for k, c in prep.crops.items()},
                 "domain_specs": prep.specs, "scheme": prep.scheme, "split_seed": prep.split_seed,
                 "color_normalization": prep.stain.to_dict() if run.stain and prep.stain is not None else None,
-                "device": device}
+                "device": device, **({"distributed": describe()} if describe() else {})}
     info = ModelInfo(backbone=ms.backbone, classes=list(prep.classes), input_size=size, mean=list(spec.mean),
                      std=list(spec.std), crop_fraction=1.0, mode="finetune", hidden=rs.hidden, dropout=rs.dropout,
                      name=run.id, seed=rs.seed, training=training,
@@ -291,7 +296,7 @@ def run_card(info, run: RunSpec, prep: Prepared, metrics: dict, history: list[di
              + f"{t['maps']['views']} views per training crop (the crop + the paper's augmentation policy "
              f"`{t['maps']['augment']}`); {'later blocks + head' if t['maps']['train_from'] else 'backbone + head'} trained with "
              f"Adam lr {t['train']['lr']}, batch {t['train']['batch_size']}, {metrics['epochs_run']} epochs, "
-             f"{metrics['train_seconds']} s on {t.get('device', 'cpu')}.",
+             f"{metrics['train_seconds']} s on {t.get('device', 'cpu')}{describe_text(t.get('distributed'))}.",
              f"- DANN options: {t['train'].get('dann') or 'defaults'} (lambda = 2/(1+exp(-10 p)) - 1 by default)."
              if run.objective == "dann" else "- Epoch kept: best source validation macro F1.",
              command_line(command or "bloodsmear bench domains configs/domains/<pair>.yaml"), "",

@@ -38,6 +38,7 @@ from bloodsmear.experiments.rescore import rescore_domains
 from bloodsmear.io import write_json_atomic, write_text_atomic
 from bloodsmear.metrics.classification import ClassificationReport
 from bloodsmear.metrics.plots import plot_confusion, plot_dann_curves
+from bloodsmear.training.distributed import is_main, main_first
 from bloodsmear.viz.tsne import tsne_plot
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,15 @@ def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | 
     classes = resolve_classes(cfg)
     runs = [run_spec(r) for r in cfg.runs if only is None or r in only]
     need_stain = any(r.stain for r in runs)
-    prep = prepare_domains(cfg.domains, classes, scheme=cfg.scheme, split_seed=cfg.split_seed, size=cfg.image_size,
-                           cache_dir=cache, stain_reference=cfg.stain_reference if need_stain else None)
+    with main_first():  # torchrun (a dann run): rank 0 fills the crop caches, the others read them
+        prep = prepare_domains(cfg.domains, classes, scheme=cfg.scheme, split_seed=cfg.split_seed,
+                               size=cfg.image_size, cache_dir=cache,
+                               stain_reference=cfg.stain_reference if need_stain else None)
     ms, rs = cfg.maps, cfg.train
 
-    write_json_atomic(out / "domains_config.json", cfg.to_dict())
-    write_json_atomic(out / "splits.json", prep.manifests, indent=1)
+    if is_main():
+        write_json_atomic(out / "domains_config.json", cfg.to_dict())
+        write_json_atomic(out / "splits.json", prep.manifests, indent=1)
     names = domain_names({k: c.name for k, c in prep.crops.items()})
     rows, first = [], None
     for seed in (cfg.seeds or [rs.seed]):
@@ -72,6 +76,8 @@ def run_domains(cfg: DomainsConfig, *, progress: bool = True, only: list[str] | 
         first = first or results
     if cfg.seeds and len(cfg.seeds) > 1:
         rows += mean_rows(rows)
+    if not is_main():  # torchrun: rank 0 writes the tables and figures
+        return DomainsResult(rows=rows, out_dir=out, seconds=time.perf_counter() - t0, files=[])
     files = write_tables(rows, out, names)
     files += figures(first, out, names, classes, cfg.tsne_max_per_domain)
     write_json_atomic(out / "results.json", {"rows": rows, "domains": names, "classes": classes})

@@ -19,18 +19,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bloodsmear.config import StrictConfig, TrainConfig, check_key, load_config, merge, nest, parse_overrides, read_config_dict
-from bloodsmear.errors import InputError
+from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.experiments.dann import DannConfig, run_id, train_dann
 from bloodsmear.experiments.domains import run_domains
 from bloodsmear.experiments.domains_config import DomainsConfig
 from bloodsmear.experiments.grid import GridConfig, load_grid_config, run_grid
 from bloodsmear.experiments.lodo import run_lodo
 from bloodsmear.experiments.lodo_config import LodoConfig
+from bloodsmear.training.distributed import barrier, is_main, launched, session
 from bloodsmear.training.maskrcnn_train import MaskRCNNTrainConfig, train_maskrcnn
 from bloodsmear.training.seg_train import SegTrainConfig, train_segmenter
 from bloodsmear.training.trainer import train
 
 DEFAULT_KIND = "classifier"
+DATA_PARALLEL_KINDS = ("classifier", "dann")  # trained data-parallel under torchrun (docs/multi-gpu.md)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Kind:
 
 
 def _run_classifier(cfg: TrainConfig, *, restart: bool = False, progress: bool = True):
-    return train(cfg, restart=restart, progress=progress)
+    with session("auto"):  # torchrun: one process group for the run; a no-op otherwise
+        return train(cfg, restart=restart, progress=progress)
 
 
 def _run_domains(cfg: DomainsConfig, *, restart: bool = False, progress: bool = True):
@@ -58,9 +61,11 @@ def _run_domains(cfg: DomainsConfig, *, restart: bool = False, progress: bool = 
 
 
 def _run_dann(cfg: DannConfig, *, restart: bool = False, progress: bool = True):
-    if restart:
-        shutil.rmtree(Path(cfg.out_dir) / "runs" / run_id(cfg), ignore_errors=True)
-    return train_dann(cfg, progress=progress)
+    with session(cfg.device):  # torchrun: one process group for the run; a no-op otherwise
+        if restart and is_main():
+            shutil.rmtree(Path(cfg.out_dir) / "runs" / run_id(cfg), ignore_errors=True)
+        barrier()
+        return train_dann(cfg, progress=progress)
 
 
 def _run_lodo(cfg: LodoConfig, *, restart: bool = False, progress: bool = True):
@@ -162,6 +167,9 @@ def run_config_file(path: str | Path, *, shortcuts: dict[str, Any] | None = None
                     restart: bool = False, progress: bool = True):
     """Load and run the experiment in a config file; its `kind` picks the runner."""
     kind, cfg = load_config_file(path, shortcuts, sets)
+    if launched() and kind.name not in DATA_PARALLEL_KINDS:
+        raise BloodsmearError(f"torchrun: {kind.name} configs do not train data-parallel (only "
+                              f"{', '.join(DATA_PARALLEL_KINDS)}); run it as one process")
     return kind.run(cfg, restart=restart, progress=progress)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bloodsmear.metrics.classification import ClassificationReport, classification_report_arrays
+from bloodsmear.training.distributed import gather_arrays, is_main, reduce_sums
 from bloodsmear.training.objectives import Objective
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: t
     sums: dict[str, float] = {}
     n_seen = 0
     preds, trues = [], []
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not progress or not is_main(), leave=False, dynamic_ncols=True)
     for batch in bar:
         tb = next(target_iter) if target_iter is not None else None
         batch, tb = to_device(batch, device), to_device(tb, device)
@@ -115,6 +116,8 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: t
             preds.append(out.logits.argmax(1).cpu().numpy())
             trues.append(out.targets.cpu().numpy())
         bar.set_postfix(loss=f"{out.logs['loss'] if 'loss' in out.logs else float(out.loss.detach()):.4f}")
+    sums, n_seen = reduce_sums(sums, n_seen)  # under torchrun: the epoch over every rank
+    preds, trues = gather_arrays(preds), gather_arrays(trues)
     stats = {k: v / max(1, n_seen) for k, v in sums.items()}
     if preds:
         p, t = np.concatenate(preds), np.concatenate(trues)

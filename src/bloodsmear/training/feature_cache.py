@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from bloodsmear.io import atomic_path
 from bloodsmear.preprocess.transforms import to_tensor
+from bloodsmear.training.distributed import shard_len, shard_positions
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class MapLoader:
         self.shuffle, self.seed, self.drop_last, self.balanced = shuffle, seed, drop_last, balanced
         self.num_batches = num_batches  # fixed number of batches per epoch (cycling), e.g. to pair domains
         self.epoch = 0
+        self.shard = (0, 1)  # (rank, world): `training.distributed.shard` sets it under torchrun
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -143,12 +145,12 @@ class MapLoader:
     def __len__(self) -> int:
         if self.num_batches is not None:
             return self.num_batches
-        n = len(self.maps)
+        n = shard_len(len(self.maps), self.shard[1])
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _order(self, rng: np.random.Generator) -> np.ndarray:
         n = len(self.maps)
-        need = len(self) * self.batch_size
+        need = len(self) * self.batch_size * self.shard[1]  # every rank's batches
         if self.balanced and self.labels is not None:
             w = 1.0 / np.bincount(self.labels)[self.labels]
             return rng.choice(n, size=need, replace=True, p=w / w.sum())
@@ -160,6 +162,9 @@ class MapLoader:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = self._order(rng)
         view = rng.integers(self.maps.shape[1], size=len(order)) if self.shuffle else np.zeros(len(order), int)
+        if self.shard[1] > 1:  # the same order on every rank, this rank's part of it
+            pos = shard_positions(len(order), *self.shard)
+            order, view = order[pos], view[pos]
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx, v = order[sl], view[sl]

@@ -28,6 +28,7 @@ from bloodsmear.io import atomic_path, read_image
 from bloodsmear.preprocess.augment import get_augment
 from bloodsmear.preprocess.transforms import fit_image, normalizer, to_float
 from bloodsmear.settings import cache_dir as settings_cache_dir
+from bloodsmear.training.distributed import shard_len, shard_positions
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -109,22 +110,26 @@ class ArrayLoader:
         self.drop_last = drop_last
         self.channels_last = channels_last
         self.epoch = 0
+        self.shard = (0, 1)  # (rank, world): `training.distributed.shard` sets it under torchrun
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        n = len(self.images)
+        n = shard_len(len(self.images), self.shard[1])
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _order(self) -> np.ndarray:
+        """The epoch's order (the same on every rank), this rank's shard of it."""
         n = len(self.images)
         rng = np.random.default_rng([self.seed, self.epoch])
         if self.balanced and self.labels is not None:
             counts = np.bincount(self.labels)
             w = 1.0 / counts[self.labels]
-            return rng.choice(n, size=n, replace=True, p=w / w.sum())
-        return rng.permutation(n) if self.shuffle else np.arange(n)
+            order = rng.choice(n, size=n, replace=True, p=w / w.sum())
+        else:
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+        return order[shard_positions(n, *self.shard)] if self.shard[1] > 1 else order
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()

@@ -30,7 +30,10 @@ from bloodsmear.models.artifact import ModelInfo, load_model, save_model
 from bloodsmear.models.card import render_card
 from bloodsmear.models.classifier import build_classifier
 from bloodsmear.training.checkpoint import check_same_config, load_checkpoint, save_checkpoint
-from bloodsmear.training.engine import evaluate, train_one_epoch
+from bloodsmear.training.distributed import (agree, barrier, broadcast_object, describe, describe_text, is_main,
+                                             local_device, main_first, resume_config, shard, shard_len, world_size,
+                                             wrap)
+from bloodsmear.training.engine import evaluate, resolve_device, train_one_epoch
 from bloodsmear.training.loaders import ArrayLoader
 from bloodsmear.training.objectives import build_objective
 from bloodsmear.training.prepare import prepare_data
@@ -129,6 +132,8 @@ def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, 
     validation macro-F1 weights are restored into `model` at the end.
     """
     ckpt_path = Path(checkpoint) if checkpoint else None
+    if ckpt_path is not None:  # torchrun: every rank resumes from the one checkpoint, or none does
+        agree(ckpt_path.is_file(), f"whether {ckpt_path} exists")
     history: list[dict] = []
     start_epoch, best_f1, best_epoch, elapsed, best_state, stopped = 0, -1.0, 0, 0.0, None, "completed"
     ck = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, objective=objective,
@@ -141,11 +146,12 @@ def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, 
         log.info("resumed from %s after epoch %d (%.0f s trained so far)", ckpt_path, start_epoch, elapsed)
         if x.get("finished"):
             start_epoch = epochs
+    step = wrap(model, objective, device)  # under torchrun: model + objective in DistributedDataParallel
     for epoch in range(start_epoch, epochs):
         if hasattr(objective, "on_epoch_start"):
             objective.on_epoch_start(epoch, epochs)
         t0 = time.perf_counter()
-        tr = train_one_epoch(model, objective, train_loader, optimizer, scheduler=scheduler, target_loader=target_loader,
+        tr = train_one_epoch(model, step, train_loader, optimizer, scheduler=scheduler, target_loader=target_loader,
                              epoch=epoch, classes=classes, progress=progress, device=device)
         train_s = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_seconds": round(train_s, 2)}
@@ -154,7 +160,7 @@ def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, 
             ev = evaluate(model, val_loader, classes, device=device)
             row.update(val_loss=ev.loss, val_accuracy=ev.report.accuracy, val_precision=ev.report.macro_precision,
                        val_recall=ev.report.macro_recall, val_f1=ev.report.macro_f1)
-            if ev.report.macro_f1 >= best_f1:  # ties: the later epoch
+            if broadcast_object(ev.report.macro_f1 >= best_f1):  # ties: the later epoch; torchrun: rank 0's call
                 best_f1, best_epoch = ev.report.macro_f1, epoch + 1
                 best_state = copy.deepcopy(model.state_dict())
         elapsed += time.perf_counter() - t0
@@ -169,7 +175,8 @@ def fit(model: torch.nn.Module, objective, train_loader, val_loader, optimizer, 
             stopped, done = "early_stopping", True
         if max_minutes is not None and elapsed > max_minutes * 60 and not done:
             stopped, done = "time_budget", True
-        if ckpt_path is not None:
+        stopped, done = broadcast_object((stopped, done))  # rank 0 decides for every rank (clocks differ)
+        if ckpt_path is not None and is_main():
             save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, objective=objective,
                             epoch=epoch + 1, iteration=(epoch + 1) * len(train_loader), config=config,
                             ignore=RESUMABLE_KEYS,
@@ -194,12 +201,14 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT
-    if restart and ckpt.exists():
+    if restart and ckpt.exists() and is_main():
         ckpt.unlink()
+    barrier()  # torchrun: rank 0 writes, every rank reads (train_config.json, the checkpoint, caches)
     _check_resume_config(cfg, out, ckpt)
-    write_json_atomic(out / "train_config.json", cfg.to_dict())
-
-    data = prepare_data(cfg, progress=progress)
+    if is_main():
+        write_json_atomic(out / "train_config.json", cfg.to_dict())
+    with main_first():
+        data = prepare_data(cfg, progress=progress and is_main())
     model = build_classifier(cfg.model.backbone, len(data.classes), mode=cfg.model.mode,
                              pretrained=(cfg.model.weights or True) if cfg.model.pretrained else False,
                              hidden=cfg.model.hidden, dropout=cfg.model.dropout)
@@ -209,11 +218,16 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
         model = model.to(memory_format=torch.channels_last)
     spec = model.backbone.spec
     mk = dict(mean=spec.mean, std=spec.std, channels_last=cfg.channels_last)
-    train_loader = ArrayLoader(data.train_x, data.train_y, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
-                               balanced=cfg.balanced_sampling, seed=cfg.seed, drop_last=len(data.train_y) > cfg.batch_size,
-                               **mk)
+    drop_last = shard_len(len(data.train_y), world_size()) > cfg.batch_size
+    train_loader = shard(ArrayLoader(data.train_x, data.train_y, batch_size=cfg.batch_size, shuffle=True,
+                                     augment=cfg.augment, balanced=cfg.balanced_sampling, seed=cfg.seed,
+                                     drop_last=drop_last, **mk))
     val_loader = ArrayLoader(data.val_x, data.val_y, batch_size=cfg.eval_batch_size, **mk) if len(data.val_y) else None
     objective = build_objective(cfg.objective, label_smoothing=cfg.label_smoothing)
+    dist_info = describe()  # None for a single process (CPU, as always); torchrun: GPU per process if any
+    dev = local_device(resolve_device("auto")) if dist_info else None
+    if dev is not None:
+        model, objective = model.to(dev), objective.to(dev)
     optimizer = build_optimizer(cfg, model, [p for p in objective.parameters()])
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     log.info("training %s (%s, %s) on %d images, %d classes, %d px, %d epochs of %d steps", cfg.model.backbone,
@@ -221,32 +235,44 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, wri
              len(data.classes), cfg.data.image_size, cfg.epochs, len(train_loader))
     fr = fit(model, objective, train_loader, val_loader, optimizer, epochs=cfg.epochs, classes=data.classes,
              scheduler=scheduler, checkpoint=ckpt, patience=cfg.early_stopping_patience,
-             max_minutes=cfg.max_train_minutes, progress=progress, config=cfg.to_dict())
+             max_minutes=cfg.max_train_minutes, progress=progress, config=resume_config(cfg.to_dict()), device=dev)
+    if not is_main():  # torchrun: rank 0 scores the model and writes the folder
+        return TrainResult(out_dir=out, model_dir=out / "model", history=fr.history, val=None, test=None,
+                           best_epoch=fr.best_epoch, epochs_run=fr.epochs_run, train_seconds=fr.train_seconds,
+                           stopped=fr.stopped, model=model)
 
-    val_rep = evaluate(model, val_loader, data.classes).report if val_loader is not None else None
+    val_rep = evaluate(model, val_loader, data.classes, device=dev).report if val_loader is not None else None
     test_rep = None
     if len(data.test_y):
         test_loader = ArrayLoader(data.test_x, data.test_y, batch_size=cfg.eval_batch_size, **mk)
-        test_rep = evaluate(model, test_loader, data.classes).report
+        test_rep = evaluate(model, test_loader, data.classes, device=dev).report
+    model = model.cpu() if dev is not None else model
     info = ModelInfo(backbone=cfg.model.backbone, classes=list(data.classes), input_size=cfg.data.image_size,
                      mean=list(spec.mean), std=list(spec.std), crop_fraction=cfg.data.crop_fraction,
                      mode=cfg.model.mode, hidden=cfg.model.hidden, dropout=cfg.model.dropout, name=cfg.name,
-                     seed=cfg.seed, training=cfg.to_dict())
+                     seed=cfg.seed, training={**cfg.to_dict(), **({"distributed": dist_info} if dist_info else {})})
     metrics = {"test": test_rep.to_dict() if test_rep else None, "val": val_rep.to_dict() if val_rep else None,
                "best_epoch": fr.best_epoch, "epochs_run": fr.epochs_run, "train_seconds": round(fr.train_seconds, 1),
                "stopped": fr.stopped, "n_train": int(len(data.train_y)), "n_val": int(len(data.val_y)),
-               "n_test": int(len(data.test_y))}
+               "n_test": int(len(data.test_y)), **({"distributed": dist_info} if dist_info else {})}
     model_dir = out / "model"
     save_model(model, model_dir, info, history=fr.history, metrics=metrics, manifest=data.manifest)
     plot_history(fr.history, model_dir / "history.png", title=cfg.name)
     if test_rep is not None:
         plot_confusion(test_rep, model_dir / "confusion_test.png", title=f"{cfg.name} test")
     if write_card:
-        write_text_atomic(model_dir / "card.md", render_card(info, metrics, fr.history, data))
+        write_text_atomic(model_dir / "card.md", render_card(info, metrics, fr.history, data,
+                                                          extra=_distributed_note(dist_info, cfg.batch_size)))
     write_json_atomic(out / "result.json", {**metrics, "model_dir": str(model_dir)})
     return TrainResult(out_dir=out, model_dir=model_dir, history=fr.history, val=val_rep, test=test_rep,
                        best_epoch=fr.best_epoch, epochs_run=fr.epochs_run, train_seconds=fr.train_seconds,
                        stopped=fr.stopped, model=model)
+
+
+def _distributed_note(d: dict | None, batch: int) -> str:
+    if not d:
+        return ""
+    return f"Trained{describe_text(d)}: {d['world_size']} x {batch} = {d['world_size'] * batch} images per step."
 
 
 def _init_from(model: torch.nn.Module, ref: str, classes: list[str]) -> None:
