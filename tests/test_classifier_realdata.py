@@ -49,3 +49,23 @@ def test_shipped_model_classifies_real_files(shipped, data_root):
     files = [sorted((root / c).glob("*.jpg"))[0] for c in ("eosinophil", "lymphocyte", "platelet")]
     res = classify_paths(files, model="default", progress=False)
     assert [p.label for p in res.predictions] == ["eosinophil", "lymphocyte", "platelet"]
+
+
+def test_shipped_fine_model_answers_fine_classes_near_its_card(data_root):
+    """pbc-fine (the paper's fine classes): on 200 cells of its own test split, fine accuracy near the card's,
+    and its answers read at group level as PBC's folder classes."""
+    from bloodsmear.classes import FINE_CLASSES, group_of
+    from bloodsmear.evaluation.classifier import evaluate_model
+    from bloodsmear.models.folder import list_shipped, resolve_model
+
+    if "pbc-fine" not in list_shipped():
+        pytest.skip("shipped model pbc-fine not present")
+    root = need(data_root, "pbc224")
+    folder = resolve_model("pbc-fine")
+    classes = json.loads((folder / "config.json").read_text())["classes"]
+    assert set(classes) <= set(FINE_CLASSES) and {"band_cell", "segmented_neutrophil", "myelocyte"} <= set(classes)
+    assert {group_of(c) for c in classes} == {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+                                               "neutrophil", "platelet"}
+    card = json.loads((folder / "metrics.json").read_text())["test"]
+    ev = evaluate_model("pbc-fine", root, limit=200, seed=0, progress=False)
+    assert ev.n == 200 and ev.report.accuracy >= card["accuracy"] - 0.05

@@ -42,7 +42,7 @@ def fast_folder(tmp_path_factory) -> Path:
 def test_every_shipped_folder_has_a_card_with_kind_and_checksum():
     names = list_shipped()
     assert {"pbc-mobilenetv2", "pbc-screen-stain", "pbc-lisc-dann", "wbc-seg-fast", "wbc-maskrcnn"} <= set(names)
-    assert set(list_shipped("classifier")) == {"pbc-mobilenetv2", "pbc-screen-stain", "pbc-lisc-dann"}
+    assert set(list_shipped("classifier")) == {"pbc-mobilenetv2", "pbc-screen-stain", "pbc-lisc-dann", "pbc-fine"}
     cards = {n: read_card(n) for n in names}
     assert cards["wbc-seg-fast"].kind == "fast-unet" and cards["wbc-maskrcnn"].kind == "maskrcnn"
     assert cards["pbc-mobilenetv2"].kind == "classifier" and len(cards["pbc-mobilenetv2"].classes) == 8
