@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,6 +16,7 @@ from bloodsmear.inference.batch import WORKERS_HELP, check_inputs
 from bloodsmear.inference.batch import analyze as run_batch
 from bloodsmear.inference.pipeline import Pipeline
 from bloodsmear.inference.pipeline_config import parse_scale
+from bloodsmear.inference.ray_engine import ADDRESS_HELP, analyze_ray, import_ray
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,11 @@ def analyze(
                                            help="Pipeline config (YAML) or shipped name: default, maskrcnn."),
     scale: str = typer.Option("auto", "--scale", help=SCALE_HELP),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write an overlay PNG per image."),
-    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP + " With --engine ray: Ray actors "
+                                          "(default 2), each loading the models once."),
+    engine: str = typer.Option("local", "--engine", help="local (threads in this process) or ray (Ray Data over "
+                               "a local Ray or a cluster; needs pip install 'bloodsmear\\[ray]'). Same outputs."),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP + " Only with --engine ray."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: remove what an earlier run wrote into --out "
                                "(default: resume it; one with another pipeline, models or --scale is refused)."),
     level: str = typer.Option("group", "--level", help="Class level of coco.json and annotations.xml: group "
@@ -38,10 +44,20 @@ def analyze(
     parse_scale(scale, "--scale")
     if level not in LEVELS:
         raise InputError(None, f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if engine not in ("local", "ray"):
+        raise InputError(None, f"--engine must be local or ray, got {engine!r}")
+    if address and engine != "ray":
+        raise InputError(None, "--address is for --engine ray")
+    if engine == "ray":
+        import_ray()  # before anything is read or written: one clear line when the extra is missing
     jobs = check_inputs(inputs, out)  # before the models load: a wrong path is reported at once
     pipe = Pipeline.from_config(pipeline)
-    summary = run_batch(inputs, out, pipe, jobs=jobs, scale=scale, overlays=overlays, workers=workers, fresh=fresh,
-                        level=level)
+    common = dict(jobs=jobs, scale=scale, overlays=overlays, workers=workers, fresh=fresh, level=level)
+    if engine == "ray":  # each actor loads the pipeline from the same config (a shipped name or a shared path)
+        summary = analyze_ray(inputs, out, pipe, factory=partial(Pipeline.from_config, pipeline), address=address,
+                              **common)
+    else:
+        summary = run_batch(inputs, out, pipe, **common)
     d = summary.to_dict()
     rows = [(k, v) for k, v in sorted(summary.counts.items())]
     print_table(f"WBCs in {summary.n_images - summary.n_skipped} image(s)", ["class", "count"], rows)

@@ -7,7 +7,7 @@ import typer
 from bloodsmear.cli.common import App, TTA_HELP, emit_json, print_table, tta_option
 from bloodsmear.config import parse_overrides
 from bloodsmear.evaluation.stages_eval import evaluate_stages
-from bloodsmear.experiments.bench_analyze import bench_analyze
+from bloodsmear.experiments.bench_analyze import bench_analyze, bench_engines
 from bloodsmear.experiments.bench_classify import bench_classify
 from bloodsmear.experiments.bench_framing import bench_framing, measure_frame_k
 from bloodsmear.experiments.bench_learn import DEFAULT_KS, bench_learn, parse_ints
@@ -40,9 +40,25 @@ def bench_analyze_cmd(
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlays (part of end to end)."),
     workers: int = typer.Option(None, "--workers", help=WORKERS_HELP),
     scale: str = typer.Option(None, "--scale", help="As analyze --scale (default: the pipeline configs', auto)."),
+    engine: str = typer.Option("local", "--engine", help="local: the pipelines compared; ray: the local and the "
+                               "Ray engine side by side for 1..--workers workers (default 2), fresh processes."),
+    rounds: int = typer.Option(1, "--rounds", help="With --engine ray: runs of each (interleaved; median kept)."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """End-to-end fields/s of the default pipeline and the Mask R-CNN pipeline on the same fields."""
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray":
+        d = bench_engines(images_dir, limit=limit, pipeline=pipeline, max_workers=workers or 2, overlays=overlays,
+                          scale=scale, rounds=rounds)
+        cols = ["engine", "workers", "fields_per_s", "ms_per_field", "peak_rss_mb", "overhead_pct",
+                "steady_fields_per_s", "steady_overhead_pct", "first_group_s", "scale_pass_s"]
+        print_table(f"bench analyze --engine ray ({d['n_fields']} fields)", cols,
+                    [[(round(r[c], 1) if isinstance(r.get(c), float) else r.get(c, "")) for c in cols]
+                     for r in d["rows"]])
+        if json_out:
+            emit_json(d)
+        return
     d = bench_analyze(images_dir, limit=limit, pipeline=pipeline, compare=compare or None,
                       compare_limit=compare_limit, photo=photo, overlays=overlays,
                       workers=workers, photo_source=photo_source, scale=scale)

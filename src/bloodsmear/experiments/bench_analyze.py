@@ -1,7 +1,8 @@
 """`bloodsmear bench analyze`: end-to-end speed of the default pipeline and the Mask R-CNN pipeline on the
 same fields, in one process (decode, scale, segment, crop, classify, per-image outputs incl. overlays,
 aggregate files), plus an optional synthetic 4032x3024 photo timed and memory-measured in a fresh
-process."""
+process; with `engine="ray"` (`bench_engines`), the local engine and the Ray engine side by side for 1..N
+workers, each run in a fresh process (the machine's speed drifts within minutes: the two are interleaved)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from bloodsmear.errors import InputError
 from bloodsmear.inference.batch import analyze, collect_images, default_workers
 from bloodsmear.inference.pipeline import Pipeline
+from bloodsmear.inference.ray_engine import analyze_ray, import_ray
 from bloodsmear.io import read_image, write_image_atomic
 
 log = logging.getLogger(__name__)
@@ -153,3 +155,71 @@ def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline:
     if photo_res:
         out.update(photo_res)
     return out
+
+
+def _engine_worker(engine: str, config: str, files: list[str], workers: int, overlays: bool, scale) -> dict:
+    """In a fresh process: load and warm the pipeline, then time one `analyze` run of `engine` with
+    `workers` (a local Ray of `workers` CPUs, started before the clock starts, as a cluster is up)."""
+    pipe = Pipeline.from_config(config)
+    pipe.run(read_image(files[0]), "warm-up")
+    stats: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        if engine == "ray":
+            ray = import_ray()
+            t0 = time.perf_counter()
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+            stats["ray_init_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            s = analyze_ray(files, tmp, pipe, workers=workers, overlays=overlays, scale=scale, progress=False,
+                            stats=stats)
+            secs = time.perf_counter() - t0
+            ray.shutdown()
+        else:
+            t0 = time.perf_counter()
+            s = analyze(files, tmp, pipe, workers=workers, overlays=overlays, scale=scale, progress=False)
+            secs = time.perf_counter() - t0
+    n = s.n_analysed
+    out = {"engine": engine, "workers": workers, "n_fields": n, "seconds": secs, "fields_per_s": n / secs,
+           "ms_per_field": 1000 * secs / max(n, 1), "peak_rss_mb": peak_rss_mb()}
+    if engine == "ray":
+        actors = stats.get("worker_peak_rss_mb", {})
+        rest = stats["analyse_s"] - stats["first_s"]  # once the actors are up: the steady rate
+        out.update({"driver_rss_mb": out["peak_rss_mb"], "actors_rss_mb": sum(actors.values()),
+                    "peak_rss_mb": out["peak_rss_mb"] + sum(actors.values()), "ray_init_s": stats["ray_init_s"],
+                    "scale_pass_s": stats.get("scale_s", 0.0), "first_group_s": stats["first_s"],
+                    "steady_fields_per_s": (n - stats["first_n"]) / rest if rest > 0 else None})
+    return out
+
+
+def bench_engines(images_dir: str | Path, *, limit: int | None = None, pipeline: str = "default",
+                  max_workers: int = 2, overlays: bool = True, scale: str | float | None = None,
+                  rounds: int = 1) -> dict:
+    """The local and the Ray engine on the same fields for 1..`max_workers` workers, interleaved (local,
+    ray, local, ray, ... `rounds` times; the median run of each kept), each in a fresh process: fields/s,
+    ms per field, peak RSS (Ray: the driver's plus its actors'), and the Ray engine's overhead over the
+    local one (`overhead_pct`: end to end, actors' start included; `steady_overhead_pct`: once they are up)."""
+    import_ray()  # one clear line before anything runs when the extra is missing
+    jobs = collect_images([images_dir])[:limit] if limit else collect_images([images_dir])
+    if not jobs:
+        raise InputError(images_dir, "no images found")
+    files = [str(j.path) for j in jobs]
+    runs: dict[tuple[str, int], list[dict]] = {}
+    ctx = mp.get_context("spawn")
+    for w in range(1, max(1, max_workers) + 1):
+        for _ in range(max(1, rounds)):
+            for engine in ("local", "ray"):
+                with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+                    r = ex.submit(_engine_worker, engine, pipeline, files, w, overlays, scale).result()
+                log.info("%s, %d worker(s): %.1f fields/s", engine, w, r["fields_per_s"])
+                runs.setdefault((engine, w), []).append(r)
+    rows = []
+    for (engine, w), rs in runs.items():
+        row = dict(sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2])
+        if engine == "ray":
+            loc = rows[-1]
+            row["overhead_pct"] = 100 * (row["seconds"] / loc["seconds"] - 1)
+            if row.get("steady_fields_per_s"):
+                row["steady_overhead_pct"] = 100 * (loc["fields_per_s"] / row["steady_fields_per_s"] - 1)
+        rows.append(row)
+    return {"images_dir": str(images_dir), "n_fields": len(files), "pipeline": pipeline, "rounds": rounds,
+            "rows": rows}

@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -159,18 +159,39 @@ def _is_done(out_dir: Path, job: ImageJob, overlays: bool) -> bool:
     return record_path(out_dir, job.name).is_file() and (not overlays or overlay_path(out_dir, job.name).is_file())
 
 
-def _analyse_group(jobs: Sequence[ImageJob], out_dir: Path, pipeline, scale, overlays: bool,
-                   scales: dict | None = None) -> list[tuple[ImageJob, str | None]]:
-    """Read, analyse (cells of the group classified in one batch) and write a group of images; for each
-    image the reason it was skipped, or None when done. Decoded pixels per batch stay below
-    `GROUP_PIXELS` (a group of large photos is split)."""
+#: what is done with an analysed image: done(job, result, rgb) (the local engine writes its outputs)
+ImageDone = Callable[[ImageJob, SlideResult, np.ndarray], None]
+
+
+def review_threshold(pipeline) -> float | None:
+    return getattr(getattr(pipeline, "config", None), "review_threshold", None)
+
+
+def output_writer(out_dir: Path, pipeline, overlays: bool) -> ImageDone:
+    """The local engine's `ImageDone`: the overlay first (the per-image record marks the image done)."""
+    threshold = review_threshold(pipeline)
+
+    def done(job: ImageJob, result: SlideResult, rgb: np.ndarray) -> None:
+        if overlays:
+            write_overlay(overlay_path(out_dir, result.name), rgb, result, review_threshold=threshold)
+        write_json_atomic(record_path(out_dir, result.name), image_record(result), indent=None)
+
+    return done
+
+
+def analyse_group(jobs: Sequence[ImageJob], pipeline, scale, done: ImageDone,
+                  scales: dict | None = None) -> list[tuple[ImageJob, str | None]]:
+    """Read and analyse a group of images (cells of the group classified in one batch), `done` called for
+    each analysed one; for each image the reason it was skipped, or None when done. Decoded pixels per
+    batch stay below `GROUP_PIXELS` (a group of large photos is split). The one per-image path of both
+    engines (local threads, `inference.ray_engine`'s actors)."""
     out: list[tuple[ImageJob, str | None]] = []
     ready: list[tuple[ImageJob, np.ndarray]] = []
     pixels = 0
 
     def flush() -> None:
         if ready:
-            out.extend(_analyse_ready(ready, out_dir, pipeline, scale, overlays, scales or {}))
+            out.extend(_analyse_ready(ready, pipeline, scale, done, scales or {}))
             ready.clear()
 
     for job in jobs:
@@ -188,7 +209,7 @@ def _analyse_group(jobs: Sequence[ImageJob], out_dir: Path, pipeline, scale, ove
     return out
 
 
-def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipeline, scale, overlays: bool,
+def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], pipeline, scale, done: ImageDone,
                    scales: dict) -> list[tuple[ImageJob, str | None]]:
     out: list[tuple[ImageJob, str | None]] = []
     todo: list[tuple[ImageJob, np.ndarray, Detection]] = []
@@ -206,11 +227,7 @@ def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], out_dir: Path, pipe
         return out + [(job, _reason(job, e)) for job, _, _ in todo]
     for job, rgb, det in todo:
         det.timings["classify"] = share
-        result = det.to_result()
-        if overlays:  # the overlay first: the per-image record marks the image done
-            write_overlay(overlay_path(out_dir, result.name), rgb, result,
-                          review_threshold=getattr(getattr(pipeline, "config", None), "review_threshold", None))
-        write_json_atomic(record_path(out_dir, result.name), image_record(result), indent=None)
+        done(job, det.to_result(), rgb)
         out.append((job, None))
     return out
 
@@ -261,6 +278,41 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     jobs = list(jobs) if jobs is not None else check_inputs(inputs, out_dir)
+    identity, summary, todo = start_run(out_dir, jobs, pipeline, scale, overlays=overlays, fresh=fresh)
+    workers = max(1, int(workers or default_workers()))
+    groups = groups_of(todo, batch_images)
+    done_fn = output_writer(out_dir, pipeline, overlays)
+    threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(groups))))
+    bar = tqdm(total=len(todo), unit="img", desc="analyze", disable=not progress or None)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="analyze")
+    try:
+        with _torch_threads(threads), _log_above_bars():
+            scales = _plan(jobs, pipeline, scale, pool, progress) if todo else {}
+            queue = iter(groups)
+            running: set[Future] = set()
+            while True:
+                while len(running) < workers:  # bounded: one group of decoded images per worker
+                    group = next(queue, None)
+                    if group is None:
+                        break
+                    running.add(pool.submit(analyse_group, group, pipeline, scale, done_fn, scales))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    for job, reason in fut.result():  # a writer error or an interrupt is raised here
+                        count_image(summary, job, reason)
+                        bar.update(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return finish_run(out_dir, jobs, pipeline, summary, identity, level=level, t_start=t_start)
+
+
+def start_run(out_dir: Path, jobs: Sequence[ImageJob], pipeline, scale, *, overlays: bool,
+              fresh: bool) -> tuple[dict, BatchSummary, list[ImageJob]]:
+    """Both engines' start of a run: (its identity, the summary so far, the jobs left to do). Checks
+    (`check_run`) or clears (`fresh`) the folder, records the identity, removes temp files."""
     identity = run_identity(pipeline, scale)
     if fresh:
         n_removed = remove_run(out_dir)
@@ -278,37 +330,27 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     summary.n_resumed = len(jobs) - len(todo)
     if summary.n_resumed:
         log.info("resuming: %d of %d image(s) already done in %s", summary.n_resumed, len(jobs), out_dir)
-    workers = max(1, int(workers or default_workers()))
-    batch_images = max(1, int(batch_images))
-    groups = [todo[i:i + batch_images] for i in range(0, len(todo), batch_images)]
-    threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(groups))))
-    bar = tqdm(total=len(todo), unit="img", desc="analyze", disable=not progress or None)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="analyze")
-    try:
-        with _torch_threads(threads), _log_above_bars():
-            scales = _plan(jobs, pipeline, scale, pool, progress) if todo else {}
-            queue = iter(groups)
-            running: set[Future] = set()
-            while True:
-                while len(running) < workers:  # bounded: one group of decoded images per worker
-                    group = next(queue, None)
-                    if group is None:
-                        break
-                    running.add(pool.submit(_analyse_group, group, out_dir, pipeline, scale, overlays, scales))
-                if not running:
-                    break
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    for job, reason in fut.result():  # a writer error or an interrupt is raised here
-                        if reason is None:
-                            summary.n_analysed += 1
-                        else:
-                            log.warning("skipped %s: %s", job.path, reason)
-                            summary.skipped.append((str(job.path), reason))
-                        bar.update(1)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+    return identity, summary, todo
+
+
+def groups_of(todo: Sequence[ImageJob], batch_images: int = BATCH_IMAGES) -> list[list[ImageJob]]:
+    """The groups `analyse_group` takes, in input order (both engines: the same classifier batches)."""
+    n = max(1, int(batch_images))
+    return [list(todo[i:i + n]) for i in range(0, len(todo), n)]
+
+
+def count_image(summary: BatchSummary, job: ImageJob, reason: str | None) -> None:
+    """An image's outcome into the summary (a skipped one logged)."""
+    if reason is None:
+        summary.n_analysed += 1
+    else:
+        log.warning("skipped %s: %s", job.path, reason)
+        summary.skipped.append((str(job.path), reason))
+
+
+def finish_run(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summary: BatchSummary, identity: dict, *,
+               level: str, t_start: float) -> BatchSummary:
+    """Both engines' end of a run: the aggregate files rebuilt from all the records, the totals."""
     summary.skipped.sort()
     summary.n_skipped = len(summary.skipped)
     results = rebuild_aggregates(out_dir, jobs, pipeline, summary,

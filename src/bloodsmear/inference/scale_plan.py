@@ -31,7 +31,7 @@ def folder_group(path: Path, shape: Sequence[int]) -> tuple:
     return Path(path).parent, int(shape[0]), int(shape[1])
 
 
-def _measure(path: Path, estimate: Callable[[np.ndarray], float | None],
+def measure_field(path: Path, estimate: Callable[[np.ndarray], float | None],
              transform: Callable[[np.ndarray], np.ndarray] | None) -> tuple[float | None, tuple[int, int]] | None:
     try:
         rgb = read_image(path)
@@ -53,7 +53,7 @@ def plan_scales(paths: Sequence[Path], estimate: Callable[[np.ndarray], float | 
     applied to each image first (e.g. `evaluate --rescale`); `map_fn` runs the measurements (a thread
     pool's `map` runs them in parallel)."""
     paths = [Path(p) for p in paths]
-    measured = list(map_fn(lambda p: _measure(p, estimate, transform), paths))
+    measured = list(map_fn(lambda p: measure_field(p, estimate, transform), paths))
     keep = [(p, m) for p, m in zip(paths, measured) if m is not None]
     return pool_scales([p for p, _ in keep], [m[0] for _, m in keep], [m[1] for _, m in keep], mode)
 

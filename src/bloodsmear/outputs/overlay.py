@@ -236,11 +236,17 @@ def _legend(rows: list[tuple[str, tuple[int, int, int] | None, str]], height: in
 def write_overlay(dest: str | Path, rgb: np.ndarray, result: SlideResult, *, max_side: int = MAX_SIDE,
                   review_threshold: float | None = None) -> Path:
     """Render and write a PNG atomically (fast PNG compression: overlays are written per image)."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(overlay_png(rgb, result, max_side=max_side, review_threshold=review_threshold))
+    return dest
+
+
+def overlay_png(rgb: np.ndarray, result: SlideResult, *, max_side: int = MAX_SIDE,
+                review_threshold: float | None = None) -> bytes:
+    """The overlay `write_overlay` writes, as PNG bytes (a Ray worker sends them to the driver)."""
     img = render_overlay(rgb, result, max_side=max_side, review_threshold=review_threshold)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), PNG_PARAMS)
     if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB
-        raise RuntimeError(f"{dest}: could not encode overlay")
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        buf.tofile(str(tmp))
-    return dest
+        raise RuntimeError("could not encode overlay")
+    return buf.tobytes()

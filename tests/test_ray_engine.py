@@ -1,0 +1,161 @@
+"""`analyze --engine ray` (inference.ray_engine) on a local Ray of 2 CPUs: the local engine's outputs, resume,
+an actor killed mid-run. Skipped where Ray (the optional extra) is not installed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+from conftest import need
+from pipeline_fakes import ONE, TWO, make_pipeline, write_field
+from typer.testing import CliRunner
+
+from bloodsmear.errors import BloodsmearError
+from bloodsmear.inference.batch import analyze
+from bloodsmear.inference.run_folder import record_path
+from bloodsmear.outputs import paper_json
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray of 2 CPUs for the module; its workers import the fakes from tests/."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    path = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def fields(tmp_path):
+    root = tmp_path / "in"
+    for k in range(5):
+        write_field(root / f"f{k}.png", 400, 300, TWO if k % 2 else ONE)
+    write_field(root / "sub" / "g.jpg", 400, 300, TWO)
+    (root / "bad.jpg").write_text("not an image")
+    return root
+
+
+def _records(out: Path) -> dict[str, dict]:
+    doc = json.loads((out / "results.json").read_text())
+    recs = {}
+    for r in paper_json.document_records(doc):
+        r = dict(r)
+        r.pop("timings_s", None)
+        recs[r["filename"]] = r
+    return recs
+
+
+def _counts(out: Path) -> list[list[str]]:
+    with open(out / "counts.csv", newline="") as f:
+        return list(csv.reader(f))
+
+
+def _close(a, b, tol: float = 1e-6) -> bool:
+    """JSON values equal, numbers within `tol`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(a - b) <= tol
+    return a == b
+
+
+def _ray_analyze(inputs, out, factory, **kw):
+    from bloodsmear.inference.ray_engine import analyze_ray
+
+    return analyze_ray(inputs, out, factory(), factory=factory, workers=2, progress=False, **kw)
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(ray_local, fields, tmp_path):
+    factory = partial(make_pipeline)  # scale "auto": the scale pass runs on the workers too
+    loc = analyze([fields], tmp_path / "local", make_pipeline(), progress=False, workers=1, batch_images=2)
+    s = _ray_analyze([fields], tmp_path / "ray", factory, batch_images=2)
+    assert (s.n_images, s.n_analysed, s.n_skipped, s.n_cells) == (7, 6, 1, loc.n_cells)
+    assert s.counts == loc.counts and s.skipped[0][0].endswith("bad.jpg")
+    assert _close(_records(tmp_path / "ray"), _records(tmp_path / "local"))
+    assert _counts(tmp_path / "ray") == _counts(tmp_path / "local")
+    for f in ("coco.json", "annotations.xml", "skipped.csv", "_run.json", "overlays/sub/g.jpg.png"):
+        assert (tmp_path / "ray" / f).read_bytes() == (tmp_path / "local" / f).read_bytes(), f
+
+
+def test_ray_engine_resumes_from_the_same_records(ray_local, fields, tmp_path):
+    out = tmp_path / "out"
+    analyze([fields], out, make_pipeline(), progress=False, workers=1, scale=20)  # a local run ...
+    record_path(out, "f3.png").unlink()
+    s = _ray_analyze([fields], out, partial(make_pipeline), scale=20)  # ... finished by the ray engine
+    assert (s.n_resumed, s.n_analysed) == (5, 1)
+    s = _ray_analyze([fields], out, partial(make_pipeline), scale=20)  # nothing left: no actor even starts
+    assert (s.n_resumed, s.n_analysed, s.n_skipped) == (6, 0, 1)
+    assert len(_records(out)) == 6
+
+
+def _dying_pipeline(marker: str, victim: str):
+    """A fake pipeline whose process dies (os._exit) on `victim`, once (the marker file says it did)."""
+    pipe = make_pipeline()
+    real = pipe.detect
+
+    def detect(rgb, **kw):
+        if kw.get("name") == victim and not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return real(rgb, **kw)
+
+    pipe.detect = detect
+    return pipe
+
+
+def test_an_actor_killed_mid_run_loses_no_image_and_counts_none_twice(ray_local, fields, tmp_path):
+    marker = tmp_path / "died"
+    factory = partial(_dying_pipeline, str(marker), "f3.png")
+    s = _ray_analyze([fields], tmp_path / "out", factory, batch_images=3, scale=20)
+    assert marker.is_file()  # an actor did die on f3.png (mid-group: f2.png before it was analysed)
+    assert (s.n_analysed, s.n_skipped) == (6, 1)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    names = [r["filename"] for r in paper_json.document_records(doc)]
+    assert sorted(names) == sorted(set(names)) == ["f0.png", "f1.png", "f2.png", "f3.png", "f4.png", "sub/g.jpg"]
+
+
+def test_engine_ray_without_ray_names_the_extra(monkeypatch, fields, tmp_path):
+    from bloodsmear.cli.main import app
+    from bloodsmear.inference import ray_engine
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(BloodsmearError, match=r"pip install 'bloodsmear\[ray\]'"):
+        ray_engine.import_ray()
+    res = CliRunner().invoke(app, ["analyze", str(fields), "--out", str(tmp_path / "o"), "--engine", "ray"])
+    assert res.exit_code != 0 and "pip install 'bloodsmear[ray]'" in res.output
+    assert not (tmp_path / "o").exists()
+    res = CliRunner().invoke(app, ["analyze", str(fields), "--out", str(tmp_path / "o"), "--address", "auto"])
+    assert res.exit_code != 0 and "--address" in res.output
+
+
+@pytest.mark.realdata
+def test_cli_engine_ray_matches_local_on_bccd_fields(ray_local, data_root, tmp_path):
+    """The default pipeline on 6 BCCD fields: `analyze --engine ray` (the CLI) gives the local engine's
+    masks, classes and counts."""
+    from bloodsmear.cli.main import app
+    from bloodsmear.inference.pipeline import Pipeline
+
+    src = need(data_root, "bccd", "JPEGImages")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in sorted(src.glob("*.jpg"))[:6]:
+        (inp / p.name).symlink_to(p)
+    analyze([inp], tmp_path / "local", Pipeline.from_config("default"), progress=False, workers=2)
+    res = CliRunner().invoke(app, ["analyze", str(inp), "--out", str(tmp_path / "ray"), "--engine", "ray",
+                                   "--workers", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["n_analysed"] == 6
+    assert _close(_records(tmp_path / "ray"), _records(tmp_path / "local"))
+    assert _counts(tmp_path / "ray") == _counts(tmp_path / "local")
