@@ -250,7 +250,9 @@ def bench_review_cmd(
         o = r[k]
         rows.append((f"{k}: cells JSON / +preview / +full image (ms)",
                      f"{o['cells_json_ms']} / {o['with_preview_ms']} / {o['with_full_image_ms']}"))
-    rows.append(("browser: slide view drawn (ms)", r["browser_open_ms"] if r["browser_open_ms"] is not None else "n/a"))
+    b = r["browser_open_ms"]
+    rows.append(("browser: slide view drawn, first / then (ms)",
+                 f"{b[0]} / {', '.join(str(x) for x in b[1:])}" if b else "n/a (no Chromium or Playwright)"))
     rl = r["relabel_ms"]
     rows.append(("relabel round trip median / p95 / max (ms)", f"{rl['median']} / {rl['p95']} / {rl['max']}"))
     print_table("bloodsmear bench review", ["figure", "value"], rows)
