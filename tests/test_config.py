@@ -107,6 +107,7 @@ def test_every_shipped_config_loads_into_its_kind():
     from bloodsmear.training.seg_train import SegTrainConfig
 
     from bloodsmear.experiments.lodo_config import LodoConfig
+    from bloodsmear.inference.pipeline_config import PipelineConfig
 
     by_folder = {"classifier": TrainConfig, "domains": DomainsConfig, "dann": DannConfig, "grid": GridConfig,
                  "lodo": LodoConfig}
@@ -117,6 +118,10 @@ def test_every_shipped_config_loads_into_its_kind():
         folder = f.parent.name
         if folder == "segmenter":
             cfg = load_config(segmenters[f.name], f)
+        elif folder == "pipelines":  # analyze/evaluate --pipeline configs, not `train` kinds (base_dir: where
+            cfg = PipelineConfig.load(f)  # it was read, not part of the dict)
+            assert PipelineConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict(), f
+            continue
         else:
             kind, cfg = load_config_file(f)
             assert kind.config is by_folder[folder], f

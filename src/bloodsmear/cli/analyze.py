@@ -15,7 +15,7 @@ from bloodsmear.errors import InputError
 from bloodsmear.inference.batch import WORKERS_HELP, check_inputs
 from bloodsmear.inference.batch import analyze as run_batch
 from bloodsmear.inference.pipeline import Pipeline
-from bloodsmear.inference.pipeline_config import parse_scale
+from bloodsmear.inference.pipeline_config import PipelineConfig, parse_scale
 from bloodsmear.inference.ray_engine import ADDRESS_HELP, analyze_ray, import_ray
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ def analyze(
     level: str = typer.Option("group", "--level", help="Class level of coco.json and annotations.xml: group "
                               "(ig, neutrophil, ...) or fine (band_cell, segmented_neutrophil, myelocyte, ...; "
                               "a group-only answer keeps its group's name). counts.csv holds both."),
+    adapt_bn: Optional[bool] = typer.Option(None, "--adapt-bn/--no-adapt-bn", help="Re-estimate the screening "
+                                            "model's batch norm on this run's own WBC crops first (no labels; default: "
+                                            "the pipeline config's, off; docs/lodo.md)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (last line)."),
 ) -> None:
     """Find, outline, classify and count every WBC: results.json, coco.json, annotations.xml, counts.csv, overlays/."""
@@ -51,7 +54,8 @@ def analyze(
     if engine == "ray":
         import_ray()  # before anything is read or written: one clear line when the extra is missing
     jobs = check_inputs(inputs, out)  # before the models load: a wrong path is reported at once
-    pipe = Pipeline.from_config(pipeline)
+    cfg = PipelineConfig.load(pipeline)
+    pipe = Pipeline.from_config(cfg if adapt_bn is None else cfg.updated(adapt_bn=adapt_bn))
     common = dict(jobs=jobs, scale=scale, overlays=overlays, workers=workers, fresh=fresh, level=level)
     if engine == "ray":  # each actor loads the pipeline from the same config (a shipped name or a shared path)
         summary = analyze_ray(inputs, out, pipe, factory=partial(Pipeline.from_config, pipeline), address=address,

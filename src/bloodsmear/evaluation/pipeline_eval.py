@@ -29,6 +29,7 @@ from bloodsmear.data import load_dataset
 from bloodsmear.errors import InputError, UnknownLabelError
 from bloodsmear.evaluation.errors import write_errors
 from bloodsmear.inference.pipeline import Pipeline, WbcOnly
+from bloodsmear.inference.run_adapt import adapted_for_run
 from bloodsmear.inference.scale_plan import plan_for
 from bloodsmear.io import read_image, read_json
 from bloodsmear.metrics.detection import WBC_LABELS, evaluate_detection, match_cells
@@ -132,6 +133,8 @@ def evaluate_pipeline(dataset: str | Path | Dataset, *, pipeline=None, segmenter
     gts, preds, skipped = [], [], []
     t0 = time.perf_counter()
     plan = _plan_scales(pipe, images, scale, rescale)
+    if getattr(getattr(pipe, "config", None), "adapt_bn", False) and rescale == 1.0:  # as `analyze --adapt-bn`
+        pipe = adapted_for_run(pipe, [im.path for im in images], plan, scale)
     for im in images:
         try:
             rgb = read_image(im.path)

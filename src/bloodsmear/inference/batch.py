@@ -42,6 +42,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from bloodsmear import __version__
 from bloodsmear.errors import BloodsmearError, InputError
 from bloodsmear.inference.pipeline import Detection
+from bloodsmear.inference.run_adapt import adapted_for_run
 from bloodsmear.inference.run_folder import (
     AGGREGATES,
     RUN_FILE,
@@ -288,6 +289,8 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     try:
         with _torch_threads(threads), _log_above_bars():
             scales = _plan(jobs, pipeline, scale, pool, progress) if todo else {}
+            if todo and getattr(getattr(pipeline, "config", None), "adapt_bn", False):  # groups: the adapted model
+                pipeline = adapted_for_run(pipeline, [j.path for j in jobs], scales, scale)
             queue = iter(groups)
             running: set[Future] = set()
             while True:

@@ -50,6 +50,9 @@ class PipelineConfig(StrictConfig):
     tile_size: int = 1024  # working-scale images larger than this are segmented in overlapping tiles
     tile_overlap: int = 256  # >= the largest WBC diameter at working scale (each cell whole in one tile)
     scale_max_side: int = 1024  # red cells are measured on a copy at most this large (also the resize source)
+    adapt_bn: bool = False  # re-estimate the screening model's batch norm on the run's own crops (inference/run_adapt.py)
+    adapt_bn_fields: int = 64  # ... on up to this many of the run's fields, evenly spaced
+    adapt_bn_min_cells: int = 32  # ... if they hold at least this many WBCs (a tiny run keeps the shipped statistics)
     name: str = ""
     base_dir: str | None = Field(default=None, repr=False, exclude=True)  # relative model paths resolve from here
 

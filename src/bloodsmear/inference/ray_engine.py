@@ -204,6 +204,9 @@ def analyze_ray(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *,
     cores shared out, as the local engine does; on a cluster `cpus_per_worker`). `stats`, when given,
     receives timings (`ray_init_s`, `scale_s`, `first_s`, `first_n`, `analyse_s`: see `_run_groups`) and
     `worker_peak_rss_mb` ({pid: MB})."""
+    if getattr(getattr(pipeline, "config", None), "adapt_bn", False):
+        raise BloodsmearError("--adapt-bn is not supported by --engine ray yet (each actor would adapt on its own "
+                              "crops): run it with the local engine")
     ray = import_ray()
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
