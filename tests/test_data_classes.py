@@ -27,11 +27,11 @@ def test_every_dataset_vocabulary_is_canonical():
 
 
 def test_unknown_label_names_label_and_path():
-    with pytest.raises(UnknownLabelError, match=r"some/file.xml: unknown class label 'smudge'"):
-        canonical("smudge", path="some/file.xml")
+    with pytest.raises(UnknownLabelError, match=r"some/file.xml: unknown class label 'schistocyte'"):
+        canonical("schistocyte", path="some/file.xml")
     with pytest.raises(UnknownLabelError):
         canonical("")
-    assert not is_known("smudge") and is_known("eos")
+    assert not is_known("schistocyte") and is_known("eos")
     assert isinstance(UnknownLabelError("x"), KeyError)
 
 
@@ -59,10 +59,18 @@ def test_to_common():
     assert to_common("platelet") is None and to_common("blast_cell") is None
     assert to_common("neutrophil", "BNE") == "neutrophil"
     with pytest.raises(UnknownLabelError):
-        to_common("smudge")
+        to_common("schistocyte")
 
 
 def test_common_between():
     assert common_between(PBC_CLASSES, LISC_CLASSES) == ["basophil", "eosinophil", "lymphocyte", "monocyte",
                                                          "neutrophil"]
     assert "platelet" not in common_between(PBC_CLASSES, RVPBS_CLASSES)
+
+
+def test_reviewer_kinds_are_known_and_never_wbc_types():
+    from bloodsmear.classes import REVIEW_KINDS
+
+    assert canonical("smudge") == "smudge_cell" and canonical("Basket cell") == "smudge_cell"
+    assert canonical("artifact") == "artefact" and canonical("not a WBC") == "artefact"
+    assert set(REVIEW_KINDS) == {"artefact", "smudge_cell"}

@@ -85,8 +85,8 @@ def test_read_coco_errors(tmp_path):
     f.write_text("{not json")
     with pytest.raises(InputError, match="x.json.*not valid JSON"):
         read_coco(f)
-    f.write_text(json.dumps({"images": [], "categories": [{"id": 1, "name": "Smudge"}]}))
-    with pytest.raises(UnknownLabelError, match=r"x.json.*'Smudge'"):
+    f.write_text(json.dumps({"images": [], "categories": [{"id": 1, "name": "Schistocyte"}]}))
+    with pytest.raises(UnknownLabelError, match=r"x.json.*'Schistocyte'"):
         read_coco(f)
     f.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
                              "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1]}],

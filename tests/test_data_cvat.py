@@ -88,11 +88,11 @@ def test_polygon_outside_image(tmp_path):
 
 def test_unknown_label_names_label_and_file(tmp_path):
     f = tmp_path / "annotations.xml"
-    f.write_text(_xml_with('<polygon label="smudge cell" points="1,1;5,5;1,5"/>'))
-    with pytest.raises(UnknownLabelError, match=r"annotations.xml.*'smudge cell'"):
+    f.write_text(_xml_with('<polygon label="target cell" points="1,1;5,5;1,5"/>'))
+    with pytest.raises(UnknownLabelError, match=r"annotations.xml.*'target cell'"):
         read_cvat(f)
     ds = read_cvat(f, strict=False)
-    assert len(ds) == 0 and "smudge cell" in ds.skipped[0]
+    assert len(ds) == 0 and "target cell" in ds.skipped[0]
 
 
 def test_not_cvat_root_and_tracks():

@@ -71,13 +71,13 @@ def test_autodetect_pbc_lisc_folders(tmp_path):
 
 def test_unknown_folder_label_and_format(tmp_path):
     _img(tmp_path / "gen" / "lymphocyte" / "a.png")
-    _img(tmp_path / "gen" / "smudge_cells" / "b.png")
-    with pytest.raises(UnknownLabelError, match="smudge_cells"):
+    _img(tmp_path / "gen" / "target_cells" / "b.png")
+    with pytest.raises(UnknownLabelError, match="target_cells"):
         read_folders(tmp_path / "gen")
     ds = read_folders(tmp_path / "gen", strict=False)
-    assert len(ds) == 1 and "smudge_cells" in ds.skipped[0]
+    assert len(ds) == 1 and "target_cells" in ds.skipped[0]
     raw = read_folders(tmp_path / "gen", canonical_labels=False)
-    assert raw.class_counts() == {"lymphocyte": 1, "smudge_cells": 1}
+    assert raw.class_counts() == {"lymphocyte": 1, "target_cells": 1}
     with pytest.raises(UnknownFormatError, match="valid: auto, pbc, lisc"):
         load(tmp_path / "gen", "yolo")
     with pytest.raises(InputError, match="no such"):

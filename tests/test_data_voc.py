@@ -80,8 +80,8 @@ def test_subtype_csv(tmp_path):
     f = tmp_path / "s.csv"
     f.write_text(',Image,Category\n,4,"EOSINOPHIL,LYMPHOCYTE"\n,5,\n\n,6,baso\n')
     assert read_subtype_csv(f) == {4: ["eosinophil", "lymphocyte"], 5: [], 6: ["basophil"]}
-    f.write_text(",Image,Category\n,4,SMUDGE\n")
-    with pytest.raises(UnknownLabelError, match="SMUDGE"):
+    f.write_text(",Image,Category\n,4,SCHISTOCYTE\n")
+    with pytest.raises(UnknownLabelError, match="SCHISTOCYTE"):
         read_subtype_csv(f)
 
 

@@ -54,7 +54,7 @@ def test_fine_to_group_and_back():
     with pytest.raises(BloodsmearError, match="fine class, not a group .* 'ig'"):
         fine_classes_of("myelocyte")
     with pytest.raises(UnknownLabelError):
-        group_of("smudge")
+        group_of("schistocyte")
 
 
 @pytest.mark.parametrize("label, level", [
@@ -83,7 +83,7 @@ def test_rvpbs_neutrophil_is_the_fine_class_a_grouped_neutrophil_the_group():
     assert cell_levels("neutrophil") == {"fine_label": None, "group_label": "neutrophil"}
     assert cell_levels("segmented_neutrophil") == {"fine_label": "segmented_neutrophil", "group_label": "neutrophil"}
     assert cell_levels("basophil") == {"fine_label": "basophil", "group_label": "basophil"}
-    assert cell_levels("smudge") == {"fine_label": None, "group_label": "smudge"}
+    assert cell_levels("schistocyte") == {"fine_label": None, "group_label": "schistocyte"}
     # both name the paper's common "neutrophil"
     assert to_common("segmented_neutrophil") == to_common("neutrophil") == to_common("band_cell") == "neutrophil"
     assert label_at("myelocyte", "group") == "ig" and label_at("neutrophil", "fine") == "neutrophil"
