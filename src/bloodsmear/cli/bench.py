@@ -18,6 +18,7 @@ from bloodsmear.experiments.grid import load_grid_config, result_table, run_grid
 from bloodsmear.experiments.lodo import mean_sd_text, run_lodo
 from bloodsmear.experiments.lodo_config import load_lodo_config
 from bloodsmear.experiments.rescore import rescore_domains
+from bloodsmear.experiments.risk_coverage import bench_risk_coverage
 from bloodsmear.inference.batch import WORKERS_HELP
 from bloodsmear.preprocess.crop_batch import bench_crop
 from bloodsmear.review.bench import bench_review
@@ -109,6 +110,27 @@ def bench_domains_cmd(
     print_table(f"domains (test splits, %) -> {res.out_dir}", list(cols), [[r[c] for c in cols] for r in res.rows])
     if json_out:
         emit_json({"rows": res.rows, "macro_f1": summary(res.rows), "out_dir": str(res.out_dir), "files": res.files})
+
+
+@app.command("risk-coverage")
+def bench_risk_coverage_cmd(
+    config: str = typer.Argument(..., help="LODO config (YAML) naming the domains, e.g. configs/lodo/cpu.yaml."),
+    model: str = typer.Option("pbc-screen-stain", "--model", help="Model folder or shipped name."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Review threshold: answers below it are flagged."),
+    out: str = typer.Option(None, "--out", help="Folder for risk-coverage.png and risk-coverage.md."),
+    card: bool = typer.Option(False, "--card", help="Also write the table into the model folder's card.md."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Accuracy against the share of cells flagged for review, on every LODO domain's test cells."""
+    r = bench_risk_coverage(config, model=model, threshold=threshold, out=out, card=card)
+    print_table(f"risk-coverage: {model}", ["domain", "n", "acc @100/90/80/70/50 %", f"flagged at {threshold}",
+                                             "unflagged acc", "AURC"],
+                [[x["domain"], x["n"], " / ".join(f"{x[f'acc_at_{c}']:.3f}" for c in (100, 90, 80, 70, 50)),
+                  f"{100 * x['flagged_share']:.0f} %",
+                  "-" if x["unflagged_accuracy"] is None else f"{x['unflagged_accuracy']:.3f}", f"{x['aurc']:.3f}"]
+                 for x in r["rows"]])
+    if json_out:
+        emit_json({k: v for k, v in r.items() if k != "markdown"})
 
 
 @app.command("lodo")

@@ -197,6 +197,18 @@ def seen_in_training(info) -> dict[str, str]:
     return {"(not recorded)": "?"}  # a folder without a domains run's record: treated as seen everywhere
 
 
+def test_probs(cfg: LodoConfig, prep: Prepared, clf: CellClassifier, key: str, cache: Path,
+               idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities over `cfg.classes` - the model's columns `idx`, renormalised -, labels) of domain `key`'s
+    test crops, cut at the model's own input size."""
+    test_groups = {prep.crops[key].groups[i] for i in prep.splits[key]["test"]}
+    dom = build_domain(DomainSpec(**{"size": int(clf.info.input_size), **cfg.domains[key]}), cfg.classes,
+                       cache_dir=cache)
+    sel = np.array([i for i, g in enumerate(dom.groups) if g in test_groups], dtype=int)
+    probs = clf.predict_proba(list(dom.images[sel]))[:, idx]
+    return probs / np.clip(probs.sum(1, keepdims=True), 1e-12, None), dom.labels[sel]
+
+
 def shipped_rows(cfg: LodoConfig, prep: Prepared, keys: list[str], names: dict[str, str], cache: Path) -> list[dict]:
     """The shipped models scored on each held-out domain's test crops (cut at the model's input size)."""
     rows = []
@@ -209,13 +221,8 @@ def shipped_rows(cfg: LodoConfig, prep: Prepared, keys: list[str], names: dict[s
         seen = seen_in_training(clf.info)
         label = clf.info.name or Path(str(ref)).name
         for k in keys:
-            test_groups = {prep.crops[k].groups[i] for i in prep.splits[k]["test"]}
-            dom = build_domain(DomainSpec(**{"size": int(clf.info.input_size), **cfg.domains[k]}), cfg.classes,
-                               cache_dir=cache)
-            sel = np.array([i for i, g in enumerate(dom.groups) if g in test_groups], dtype=int)
-            probs = clf.predict_proba(list(dom.images[sel]))[:, idx]
-            pred = (probs / np.clip(probs.sum(1, keepdims=True), 1e-12, None)).argmax(1)
-            rep = classification_report_arrays(dom.labels[sel], pred, cfg.classes).to_dict()
+            probs, labels = test_probs(cfg, prep, clf, k, cache, idx)
+            rep = classification_report_arrays(labels, probs.argmax(1), cfg.classes).to_dict()
             s = present_scores(rep, cfg.classes, cfg.min_support)
             held = cfg.domains[k]["name"] not in seen and "(not recorded)" not in seen
             rows.append({"held_out": names[k], "recipe": f"shipped: {label}",
@@ -281,5 +288,5 @@ def write_lodo(cfg: LodoConfig, out: Path, rows: list[dict], seed_rows: list[dic
     return [str(out / f) for f in ("lodo.md", "lodo.csv", "results.json")]
 
 
-__all__ = ["LodoResult", "mean_rows", "mean_sd_text", "present_scores", "run_lodo", "seen_in_training", "shipped_rows",
+__all__ = ["LodoResult", "test_probs", "mean_rows", "mean_sd_text", "present_scores", "run_lodo", "seen_in_training", "shipped_rows",
            "write_lodo"]
