@@ -96,3 +96,21 @@ def test_analyze_adapt_bn_is_part_of_the_run_identity(tmp_path):
     pipe_b = _Pipe(None, adapt_bn=True)
     pipe_a.screening = pipe_b.screening = None
     assert run_identity(pipe_a)["pipeline"] != run_identity(pipe_b)["pipeline"]
+
+
+def test_cli_adapt_bn_flag_reaches_the_pipeline_config(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bloodsmear.cli.main import app
+    from bloodsmear.inference.pipeline import Pipeline
+
+    seen = []
+
+    def fake(cls, cfg=None):
+        seen.append(cfg)
+        raise SystemExit(0)  # stop before any model is loaded or anything written
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(fake))
+    img = _fields(tmp_path, 1)[0]
+    CliRunner().invoke(app, ["analyze", str(img), "--out", str(tmp_path / "o"), "--adapt-bn"])
+    CliRunner().invoke(app, ["analyze", str(img), "--out", str(tmp_path / "o")])
+    assert isinstance(seen[0], PipelineConfig) and seen[0].adapt_bn is True and seen[1] is None

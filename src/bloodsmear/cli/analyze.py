@@ -54,11 +54,12 @@ def analyze(
     if engine == "ray":
         import_ray()  # before anything is read or written: one clear line when the extra is missing
     jobs = check_inputs(inputs, out)  # before the models load: a wrong path is reported at once
-    cfg = PipelineConfig.load(pipeline)
-    pipe = Pipeline.from_config(cfg if adapt_bn is None else cfg.updated(adapt_bn=adapt_bn))
+    changes = {k: v for k, v in (("adapt_bn", adapt_bn),) if v is not None}
+    source = PipelineConfig.load(pipeline).updated(**changes) if changes else pipeline  # the flags over the config
+    pipe = Pipeline.from_config(source)
     common = dict(jobs=jobs, scale=scale, overlays=overlays, workers=workers, fresh=fresh, level=level)
     if engine == "ray":  # each actor loads the pipeline from the same config (a shipped name or a shared path)
-        summary = analyze_ray(inputs, out, pipe, factory=partial(Pipeline.from_config, pipeline), address=address,
+        summary = analyze_ray(inputs, out, pipe, factory=partial(Pipeline.from_config, source), address=address,
                               **common)
     else:
         summary = run_batch(inputs, out, pipe, **common)
