@@ -131,7 +131,7 @@ def learn_cell(cfg: LodoConfig, key: str, k: int, seed: int, prep: Prepared, nam
              row["accuracy"], row["macro_f1"], len(keep), secs)
     return {"domain": names[key], "k": k, "seed": seed, "k_real": real, "not_learned": not_learned,
             "n_labelled": len(keep), "n": row["n"], "accuracy": row["accuracy"], "macro_f1": row["macro_f1"],
-            "absent": row["absent"], "learn_seconds": round(secs, 1), "train_seconds": round(res.train_seconds, 1)}
+            "absent": row["absent"], "learn_seconds": round(secs, 3), "train_seconds": round(res.train_seconds, 1)}
 
 
 def mean_rows(seed_rows: list[dict]) -> list[dict]:
@@ -148,7 +148,7 @@ def mean_rows(seed_rows: list[dict]) -> list[dict]:
                     "n": grp[0]["n"], "accuracy": acc, "accuracy_sd": acc_sd if k else None, "macro_f1": f1,
                     "macro_f1_sd": f1_sd if k else None, "seeds": len(grp) if k else 0, "absent": grp[0]["absent"],
                     "not_learned": grp[0].get("not_learned", []),
-                    "learn_seconds": round(float(np.mean([g["learn_seconds"] for g in grp])), 1) if k else None})
+                    "learn_seconds": round(float(np.mean([g["learn_seconds"] for g in grp])), 3) if k else None})
     return sorted(out, key=lambda r: (r["domain"], r["k"]))
 
 
