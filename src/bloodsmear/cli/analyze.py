@@ -14,6 +14,7 @@ from bloodsmear.cli.common import SCALE_HELP, emit_json, print_table
 from bloodsmear.errors import InputError
 from bloodsmear.inference.batch import WORKERS_HELP, check_inputs
 from bloodsmear.inference.batch import analyze as run_batch
+from bloodsmear.inference.onnx_backend import check_backend
 from bloodsmear.inference.pipeline import Pipeline
 from bloodsmear.inference.pipeline_config import PipelineConfig, parse_scale
 from bloodsmear.inference.ray_engine import ADDRESS_HELP, analyze_ray, import_ray
@@ -41,6 +42,9 @@ def analyze(
     adapt_bn: Optional[bool] = typer.Option(None, "--adapt-bn/--no-adapt-bn", help="Re-estimate the screening "
                                             "model's batch norm on this run's own WBC crops first (no labels; default: "
                                             "the pipeline config's, off; docs/lodo.md)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="How the networks run on the CPU: torch or onnx "
+                                          "(ONNX Runtime, pip install bloodsmear[onnx]; docs/speed.md). Default: the "
+                                          "pipeline config's, torch."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (last line)."),
 ) -> None:
     """Find, outline, classify and count every WBC: results.json, coco.json, annotations.xml, counts.csv, overlays/."""
@@ -54,7 +58,8 @@ def analyze(
     if engine == "ray":
         import_ray()  # before anything is read or written: one clear line when the extra is missing
     jobs = check_inputs(inputs, out)  # before the models load: a wrong path is reported at once
-    changes = {k: v for k, v in (("adapt_bn", adapt_bn),) if v is not None}
+    changes = {k: v for k, v in (("backend", backend and check_backend(backend, "--backend")),
+                                 ("adapt_bn", adapt_bn)) if v is not None}
     source = PipelineConfig.load(pipeline).updated(**changes) if changes else pipeline  # the flags over the config
     pipe = Pipeline.from_config(source)
     common = dict(jobs=jobs, scale=scale, overlays=overlays, workers=workers, fresh=fresh, level=level)

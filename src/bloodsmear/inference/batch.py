@@ -41,7 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bloodsmear import __version__
 from bloodsmear.errors import BloodsmearError, InputError
-from bloodsmear.inference.pipeline import Detection
+from bloodsmear.inference.pipeline import Detection, detect_all
 from bloodsmear.inference.run_adapt import adapted_for_run
 from bloodsmear.inference.run_folder import (
     AGGREGATES,
@@ -214,12 +214,13 @@ def _analyse_ready(ready: list[tuple[ImageJob, np.ndarray]], pipeline, scale, do
                    scales: dict) -> list[tuple[ImageJob, str | None]]:
     out: list[tuple[ImageJob, str | None]] = []
     todo: list[tuple[ImageJob, np.ndarray, Detection]] = []
-    for job, rgb in ready:  # detection per image: a bad image is skipped alone
-        try:
-            todo.append((job, rgb, pipeline.detect(rgb, scale=scales.get(job.path, scale), name=job.name,
-                                                   path=job.path)))
-        except IMAGE_ERRORS as e:
-            out.append((job, _reason(job, e)))
+    dets = detect_all(pipeline, [(rgb, scales.get(job.path, scale), job.name, job.path) for job, rgb in ready],
+                      errors=IMAGE_ERRORS)
+    for (job, rgb), det in zip(ready, dets):  # a bad image is skipped alone
+        if isinstance(det, BaseException):
+            out.append((job, _reason(job, det)))
+        else:
+            todo.append((job, rgb, det))
     try:
         t0 = time.perf_counter()
         pipeline.classify_many([(d.crop_source, d.cells, d.rbc_diameter_px) for _, _, d in todo])

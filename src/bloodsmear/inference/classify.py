@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from bloodsmear.errors import InputError
+from bloodsmear.inference.onnx_backend import OnnxNet, onnx_net
 from bloodsmear.inference.tta import check_tta, predict_tta
 from bloodsmear.io import atomic_path, is_image_file, list_images, read_image, write_json_atomic
 from bloodsmear.models.artifact import LoadedClassifier, load_model
@@ -108,6 +109,7 @@ class CellClassifier:
         self.info = loaded.info
         self.classes = list(loaded.info.classes)
         self.net = optimize_for_inference(loaded.model) if optimize else loaded.model.eval()
+        self.backend = "torch"  # or "onnx": `self.net` run by ONNX Runtime (`inference.onnx_backend.use_onnx`)
 
         self._mean, self._std = normalizer(self.info.mean, self.info.std)
         self._stain = None
@@ -144,8 +146,18 @@ class CellClassifier:
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
-        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        return torch.softmax(self.net(x).float(), dim=1).numpy()
+        x = (x - self._mean) / self._std
+        if self.backend == "onnx":
+            logits = torch.from_numpy(self.onnx_forward(self.net)(x.numpy()))
+        else:
+            logits = self.net(x.contiguous(memory_format=torch.channels_last))
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+    def onnx_forward(self, net: torch.nn.Module) -> OnnxNet:
+        """`net` exported to ONNX (once per weights, `inference.onnx_backend.onnx_net`): a copy of this
+        classifier with another net (a batch-norm adaptation) gets that net's own export."""
+        s = int(self.info.input_size)
+        return onnx_net(net, (3, s, s), name=f"clf-{self.info.backbone}-{s}")
 
     def predict_proba(self, crops: Sequence[np.ndarray], *, batch_size: int = 256,
                       workers: int | None = None) -> np.ndarray:

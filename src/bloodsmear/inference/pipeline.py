@@ -33,6 +33,7 @@ from bloodsmear.inference.stages import (
     estimate_rbc_diameter_px,
     load_classifier,
 )
+from bloodsmear.inference.onnx_backend import use_onnx
 from bloodsmear.inference.pipeline_config import PipelineConfig, parse_scale, scale_mode
 from bloodsmear.models.segmenter_base import Segmenter, load_segmenter
 from bloodsmear.preprocess.resize import resize_by
@@ -116,6 +117,8 @@ class Pipeline:
                 raise InputError(None, f"screening_classes {missing or sc} must be classes of the screening model "
                                        f"({', '.join(s_cls)})")
             self.screening_cols = [k for k, c in enumerate(s_cls) if c in set(sc)]
+        if self.config.backend == "onnx":  # the networks run by ONNX Runtime (exported once, cached)
+            use_onnx(self)
         if self.config.detection_threshold is not None:
             for attr in ("score_threshold", "detection_threshold", "threshold"):
                 if hasattr(segmenter, attr):
@@ -260,6 +263,45 @@ class Pipeline:
         with the working scale and the crop source that `classify_many` cuts the cells from.
         A scale mode on one image: its own estimate ("field"), checked against its size and its parts
         ("auto", "folder"; see `working_factor`)."""
+        prep = self._prepare(rgb, scale, name, path)
+        t0 = time.perf_counter()
+        cells = self.segment(prep.work)
+        return self._finish(prep, cells, time.perf_counter() - t0)
+
+    def detect_many(self, items: Sequence[tuple[np.ndarray, str | float | ScaleChoice | None, str, Path | None]],
+                    *, errors: tuple[type[BaseException], ...] = (InputError,)) -> list[Detection | BaseException]:
+        """`detect` on several (rgb, scale, name, path) images: per image its Detection, or the exception
+        (one of `errors`) it failed with (the others go on). With `segment_batch` > 1 and a segmenter
+        with `predict_many`, images whose working-scale copies share a size (and need no tiles) go
+        through the segmenter in batches of up to that many (the same cells as one at a time)."""
+        n = int(self.config.segment_batch)
+        if n <= 1 or not hasattr(self.segmenter, "predict_many"):
+            return [_attempt(errors, self.detect, rgb, scale=sc, name=nm, path=p) for rgb, sc, nm, p in items]
+        preps = [_attempt(errors, self._prepare, rgb, sc, nm, p) for rgb, sc, nm, p in items]
+        out: list[Detection | BaseException | None] = [p if isinstance(p, BaseException) else None for p in preps]
+        same: dict[tuple, list[int]] = {}
+        for i, prep in enumerate(preps):
+            if not isinstance(prep, BaseException):
+                tiled = max(prep.work.shape[:2]) > self.config.tile_size
+                same.setdefault(("tiled", i) if tiled else prep.work.shape, []).append(i)
+        for idx in same.values():
+            for b in range(0, len(idx), n):
+                part = idx[b:b + n]
+                t0 = time.perf_counter()
+                try:
+                    cells = (self.segmenter.predict_many([preps[i].work for i in part]) if len(part) > 1
+                             else [self.segment(preps[part[0]].work)])
+                except errors:  # one bad image: each of the batch alone
+                    for i in part:
+                        out[i] = _attempt(errors, lambda pr: self._finish(pr, self.segment(pr.work), 0.0), preps[i])
+                    continue
+                share = (time.perf_counter() - t0) / len(part)
+                for i, cs in zip(part, cells):
+                    out[i] = self._finish(preps[i], list(cs), share)
+        return out  # type: ignore[return-value]
+
+    def _prepare(self, rgb: np.ndarray, scale, name: str, path: Path | None) -> "_Prepared":
+        """`detect` up to the segmenter: the checks, the scale, the working-scale copy."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InputError(path or name, f"expected an RGB uint8 image, got shape {rgb.shape} {rgb.dtype}")
         h, w = rgb.shape[:2]
@@ -273,15 +315,20 @@ class Pipeline:
         t0 = time.perf_counter()
         work = (resize_by(small, factor / f_small, tol=SAME_SCALE) if factor <= f_small
                 else resize_by(rgb, factor, tol=SAME_SCALE))
-        fy, fx = work.shape[0] / h, work.shape[1] / w  # exact per-axis factors after rounding
         t["resize"] = time.perf_counter() - t0
+        return _Prepared(rgb, name, path, small, f_small, factor, rbc_d, source, work, t)
+
+    def _finish(self, prep: "_Prepared", cells: list[Cell], seconds: float) -> Detection:
+        """`detect` after the segmenter: the working-scale `cells` in original pixels (`seconds`: its time)."""
+        h, w = prep.rgb.shape[:2]
+        fy, fx = prep.work.shape[0] / h, prep.work.shape[1] / w  # exact per-axis factors after rounding
         t0 = time.perf_counter()
-        cells = [_to_original(c, fx, fy, w, h) for c in self.segment(work)
+        cells = [_to_original(c, fx, fy, w, h) for c in cells
                  if (c.polygon is not None and len(c.polygon) >= 3) or c.box is not None]
-        t["segment"] = time.perf_counter() - t0
-        crop_src = CropSource(rgb, small if f_small < 1.0 else None, f_small)  # large crops come from `small`
-        return Detection(name=name, width=w, height=h, path=path, cells=cells, scale=factor, rbc_diameter_px=rbc_d,
-                         scale_source=source, crop_source=crop_src, timings=t)
+        timings = {**prep.timings, "segment": seconds + time.perf_counter() - t0}
+        crop_src = CropSource(prep.rgb, prep.small if prep.f_small < 1.0 else None, prep.f_small)  # large crops
+        return Detection(name=prep.name, width=w, height=h, path=prep.path, cells=cells, scale=prep.factor,
+                         rbc_diameter_px=prep.rbc_d, scale_source=prep.source, crop_source=crop_src, timings=timings)
 
     def run(self, rgb: np.ndarray, name: str = "image", *, scale: str | float | ScaleChoice | None = None,
             path: Path | None = None) -> SlideResult:
@@ -298,6 +345,39 @@ class Pipeline:
         for d in dets:
             d.timings["classify"] = share
         return [d.to_result() for d in dets]
+
+
+@dataclass
+class _Prepared:
+    """An image on its way through `detect`: checked, scaled, resized to the working scale."""
+
+    rgb: np.ndarray
+    name: str
+    path: Path | None
+    small: np.ndarray
+    f_small: float
+    factor: float
+    rbc_d: float | None
+    source: str
+    work: np.ndarray
+    timings: dict
+
+
+def _attempt(errors: tuple[type[BaseException], ...], fn, *args, **kw):
+    """`fn(*args, **kw)`, or the exception (one of `errors`) it raised."""
+    try:
+        return fn(*args, **kw)
+    except errors as e:
+        return e
+
+
+def detect_all(pipeline, items: Sequence[tuple[np.ndarray, object, str, Path | None]], *,
+               errors: tuple[type[BaseException], ...] = (InputError,)) -> list:
+    """`pipeline.detect_many(items, errors=errors)`, or, for a pipeline without it (a test's fake),
+    its `detect` per image: per (rgb, scale, name, path) item its Detection or the exception."""
+    if hasattr(pipeline, "detect_many"):
+        return pipeline.detect_many(items, errors=errors)
+    return [_attempt(errors, pipeline.detect, rgb, scale=sc, name=nm, path=p) for rgb, sc, nm, p in items]
 
 
 # ---------------------------------------------------------------------- geometry helpers

@@ -12,6 +12,7 @@ the values that depend on each other. `parse_scale` / `scale_mode` read the `sca
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -53,6 +54,9 @@ class PipelineConfig(StrictConfig):
     adapt_bn: bool = False  # re-estimate the screening model's batch norm on the run's own crops (inference/run_adapt.py)
     adapt_bn_fields: int = 64  # ... on up to this many of the run's fields, evenly spaced
     adapt_bn_min_cells: int = 32  # ... if they hold at least this many WBCs (a tiny run keeps the shipped statistics)
+    # how the networks run (the results do not depend on it: kept out of to_dict, the run identity):
+    backend: Literal["torch", "onnx"] = Field(default="torch", exclude=True)  # onnx: inference/onnx_backend.py
+    segment_batch: int = Field(default=1, ge=1, exclude=True)  # fields of one working size per segmenter batch
     name: str = ""
     base_dir: str | None = Field(default=None, repr=False, exclude=True)  # relative model paths resolve from here
 

@@ -238,26 +238,54 @@ class FastSegmenter:
         self.config = config
         self.rbc_diameter_px = float(config.rbc_diameter_px)
         self.score_threshold = float(config.score_threshold)
+        #: the network's runner, float32 (N, 3, H, W) array -> logits array; None: `net` in torch (the
+        #: inference layer sets an ONNX Runtime one: `inference.onnx_backend.use_onnx`)
+        self.forward = None
 
     def maps(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(foreground probability, centredness) maps, both (H, W) float32, for an RGB uint8 image."""
-        if rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
-        h, w = rgb.shape[:2]
-        st = self.net.stride
-        ph, pw = (-h) % st, (-w) % st
-        x = normalise(rgb, self.config.normalisation)
-        if ph or pw:
-            x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+        return self.maps_many([rgb])[0]
+
+    def maps_many(self, rgbs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`maps` of several images of one size in one batch of the network (per image the same maps
+        as one at a time)."""
+        xs = []
+        for rgb in rgbs:
+            if rgb.ndim != 3 or rgb.shape[2] != 3:
+                raise ValueError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
+            if rgb.shape != rgbs[0].shape:
+                raise ValueError(f"one batch holds images of one size, got {rgbs[0].shape} and {rgb.shape}")
+            h, w = rgb.shape[:2]
+            st = self.net.stride
+            ph, pw = (-h) % st, (-w) % st
+            x = normalise(rgb, self.config.normalisation)
+            if ph or pw:
+                x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+            xs.append(x)
+        if not xs:
+            return []
+        x = np.stack(xs)
         with torch.inference_mode():
-            t = torch.from_numpy(x)[None].float().contiguous(memory_format=torch.channels_last)
-            out = torch.sigmoid(self.net(t))[0].contiguous().numpy()
-        return out[0, :h, :w], out[1, :h, :w]
+            if self.forward is not None:
+                logits = torch.from_numpy(np.asarray(self.forward(x)))
+            else:
+                logits = self.net(torch.from_numpy(x).float().contiguous(memory_format=torch.channels_last))
+            out = torch.sigmoid(logits).contiguous().numpy()
+        h, w = rgbs[0].shape[:2]
+        return [(o[0, :h, :w], o[1, :h, :w]) for o in out]
 
     def predict(self, rgb: np.ndarray) -> list[Cell]:
-        c = self.config
         rgb = np.asarray(rgb)
-        fg, center = self.maps(rgb)
+        return self.cells_from_maps(rgb, *self.maps(rgb))
+
+    def predict_many(self, rgbs: list[np.ndarray]) -> list[list[Cell]]:
+        """`predict` of several images of one size, the network run on them in one batch."""
+        rgbs = [np.asarray(r) for r in rgbs]
+        return [self.cells_from_maps(rgb, fg, center) for rgb, (fg, center) in zip(rgbs, self.maps_many(rgbs))]
+
+    def cells_from_maps(self, rgb: np.ndarray, fg: np.ndarray, center: np.ndarray) -> list[Cell]:
+        """The instances of `rgb` from its maps: watershed, instance filters, cells."""
+        c = self.config
         rbc_area = np.pi / 4 * self.rbc_diameter_px ** 2
         filt = c.filter_config()
         lab = instances_from_maps(fg, center, fg_threshold=c.fg_threshold, center_threshold=c.center_threshold,
