@@ -9,9 +9,6 @@ review-slide.png, review-gallery.png); a screenshot of the signed case is always
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -23,33 +20,16 @@ CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """(base URL, out dir): the review app over a demo output folder, served by uvicorn in a thread."""
-    import uvicorn
-
     from bloodsmear.review.app import create_app
+    from bloodsmear.review.bench import ServerThread
     from bloodsmear.review.demo import make_demo_out_dir
 
     out = make_demo_out_dir(tmp_path / "demo")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(out), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the review server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", out
-    srv.should_exit = True
-    thread.join(10)
+    with ServerThread(create_app(out)) as srv:
+        yield srv.url, out
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ review store. Written by the same writers as `analyze`'s own outputs:
 - `crops`: `crops/<class>/<field>_<n>.jpg`, each cell framed as the classifier framed it: a class-per-folder
   set that `bloodsmear learn` takes directly (artefacts and smudge cells left out: they are no WBC type).
 
-A person's answer (relabelled, confirmed, drawn) has score 1 and `reviewed_by`; cells still unidentified
-keep their `review` flag.
+A person's answer (relabelled, confirmed, drawn) has score 1 (the crops' manifest.csv names the reviewer); cells
+still unidentified keep their `review` flag.
 """
 
 from __future__ import annotations
@@ -40,18 +40,17 @@ FILE_OF = {"cvat": "annotations.xml", "coco": "coco.json", "paper-json": "result
 
 
 def _cell(row: CellRow, unidentified: bool) -> Cell:
+    """A store cell as the writers take it: the model's stage attributes, its current label and outline; a
+    person's answer (drawn, relabelled or confirmed) scores 1."""
     m = row.model or {}
-    person = row.origin == "person" or row.answered
     attributes = {k: m.get(k) for k in CELL_RESULT_KEYS}
-    attributes.update(review=unidentified, model_label=m.get("class_name"), state=row.origin if not person else
-                      ("person" if row.origin == "person" else ("confirmed" if row.label == m.get("class_name")
-                                                                 else "corrected")),
-                      reviewed_by=row.updated_by if person else None)
+    attributes["review"] = unidentified
     if attributes["detection_score"] is None:
         attributes["detection_score"] = 1.0
     attributes["screening_label"] = attributes.get("screening_label") or row.label
     attributes["screening_score"] = attributes.get("screening_score") or 1.0
     poly = np.asarray(row.polygon, dtype=float).reshape(-1, 2)
+    person = row.origin == "person" or row.answered
     return Cell(label=row.label, polygon=poly, score=1.0 if person else m.get("score"), attributes=attributes)
 
 
