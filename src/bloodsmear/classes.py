@@ -16,6 +16,7 @@ use `canonical_fine`, which reads that one name as the fine class; PBC's SNE pre
 
 from __future__ import annotations
 
+import functools
 import re
 
 from bloodsmear.errors import BloodsmearError, UnknownLabelError
@@ -90,6 +91,7 @@ _ALIASES: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)  # called per cell by every writer; labels are few
 def _key(label: str) -> str:
     return re.sub(r"[\s\-]+", "_", label.strip().lower())
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
 import numpy as np
+from isal import isal_zlib
 from PIL import Image
 
 from bloodsmear.errors import InputError
@@ -127,10 +130,43 @@ def write_json_atomic(dest: str | Path, obj: Any, *, indent: int | None = 2) -> 
     return write_text_atomic(dest, json.dumps(obj, indent=indent, default=json_default) + "\n")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_LEVEL = 1  # ISA-L deflate level (0-3): 1 measured ~3.5x faster than OpenCV's fastest PNG, files as small
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def encode_png(img: np.ndarray, *, level: int = PNG_LEVEL) -> bytes:
+    """Lossless PNG bytes of an RGB (H, W, 3) or grey (H, W) uint8 image: every row "Up"-filtered (the
+    filter that compresses photos with drawn outlines best here) and deflated by ISA-L (python-isal,
+    zlib-compatible streams) at `level`. Any PNG reader decodes it (tested with OpenCV and Pillow).
+    `img` is not modified."""
+    a = np.ascontiguousarray(img)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or 0 in a.shape[:2]:
+        raise ValueError(f"encode_png: expected a uint8 (H, W) or (H, W, 3) image, got {a.dtype} {a.shape}")
+    h, w = a.shape[:2]
+    rows = a.reshape(h, -1)
+    filtered = np.empty((h, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it (mod 256)
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    colour = 2 if a.ndim == 3 else 0
+    header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)
+    return b"".join((PNG_SIGNATURE, _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", isal_zlib.compress(filtered, level)), _png_chunk(b"IEND", b"")))
+
+
 def write_image_atomic(dest: str | Path, rgb: np.ndarray, *, quality: int = 95) -> Path:
-    """Write an RGB uint8 image; format from the suffix."""
+    """Write an RGB uint8 image; format from the suffix (PNG: `encode_png`)."""
     dest = Path(dest)
     ext = dest.suffix.lower() or ".png"
+    if ext == ".png" and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:
+        data = encode_png(rgb)
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(data)
+        return dest
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else []
     ok, buf = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
     if not ok:

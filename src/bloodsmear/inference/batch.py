@@ -26,23 +26,22 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bloodsmear import __version__
 from bloodsmear.errors import BloodsmearError, InputError
+from bloodsmear.inference.decoded import DecodedCache
 from bloodsmear.inference.pipeline import Detection, detect_all
 from bloodsmear.inference.run_adapt import adapted_for_run
+from bloodsmear.inference.run_context import log_above_bars, torch_threads
 from bloodsmear.inference.run_folder import (
     AGGREGATES,
     RUN_FILE,
@@ -54,7 +53,13 @@ from bloodsmear.inference.run_folder import (
     run_identity,
 )
 from bloodsmear.inference.scale_plan import plan_for
-from bloodsmear.io import IMAGE_SUFFIXES, list_images, read_image, write_json_atomic, write_text_atomic
+from bloodsmear.io import (
+    IMAGE_SUFFIXES,
+    list_images,
+    read_image,
+    write_json_atomic,
+    write_text_atomic,
+)
 from bloodsmear.outputs.coco import write_coco_results
 from bloodsmear.outputs.counts import write_counts_csv
 from bloodsmear.outputs.cvat import write_cvat_xml
@@ -180,12 +185,12 @@ def output_writer(out_dir: Path, pipeline, overlays: bool) -> ImageDone:
     return done
 
 
-def analyse_group(jobs: Sequence[ImageJob], pipeline, scale, done: ImageDone,
-                  scales: dict | None = None) -> list[tuple[ImageJob, str | None]]:
-    """Read and analyse a group of images (cells of the group classified in one batch), `done` called for
-    each analysed one; for each image the reason it was skipped, or None when done. Decoded pixels per
-    batch stay below `GROUP_PIXELS` (a group of large photos is split). The one per-image path of both
-    engines (local threads, `inference.ray_engine`'s actors)."""
+def analyse_group(jobs: Sequence[ImageJob], pipeline, scale, done: ImageDone, scales: dict | None = None, *,
+                  read: Callable[[Path], np.ndarray] = read_image) -> list[tuple[ImageJob, str | None]]:
+    """Read (`read`) and analyse a group of images (cells of the group classified in one batch), `done`
+    called for each analysed one; for each image the reason it was skipped, or None when done. Decoded
+    pixels per batch stay below `GROUP_PIXELS` (a group of large photos is split). The one per-image path
+    of both engines (local threads, `inference.ray_engine`'s actors)."""
     out: list[tuple[ImageJob, str | None]] = []
     ready: list[tuple[ImageJob, np.ndarray]] = []
     pixels = 0
@@ -197,7 +202,7 @@ def analyse_group(jobs: Sequence[ImageJob], pipeline, scale, done: ImageDone,
 
     for job in jobs:
         try:
-            rgb = read_image(job.path)
+            rgb = read(job.path)
         except Exception as e:  # noqa: BLE001 - one bad image never stops the run
             out.append((job, _reason(job, e)))
             continue
@@ -246,21 +251,6 @@ def default_workers() -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) + 1))
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Intra-op threads per worker while the batch runs (restored afterwards)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scale: str | float | None = None,
             overlays: bool = True, progress: bool = True, workers: int | None = None,
             batch_images: int = BATCH_IMAGES, fresh: bool = False, level: str = "group",
@@ -287,9 +277,10 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(groups))))
     bar = tqdm(total=len(todo), unit="img", desc="analyze", disable=not progress or None)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="analyze")
+    decoded = DecodedCache([j.path for j in todo])  # the scale pass's decoded fields, for the analysis
     try:
-        with _torch_threads(threads), _log_above_bars():
-            scales = _plan(jobs, pipeline, scale, pool, progress) if todo else {}
+        with torch_threads(threads), log_above_bars():
+            scales = _plan(jobs, pipeline, scale, pool, progress, decoded.read) if todo else {}
             if todo and getattr(getattr(pipeline, "config", None), "adapt_bn", False):  # groups: the adapted model
                 pipeline = adapted_for_run(pipeline, [j.path for j in jobs], scales, scale)
             queue = iter(groups)
@@ -299,7 +290,8 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
                     group = next(queue, None)
                     if group is None:
                         break
-                    running.add(pool.submit(analyse_group, group, pipeline, scale, done_fn, scales))
+                    running.add(pool.submit(analyse_group, group, pipeline, scale, done_fn, scales,
+                                            read=decoded.read_for_analysis))
                 if not running:
                     break
                 done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -392,29 +384,14 @@ def _without(jobs: list[ImageJob], out_dir: Path) -> list[ImageJob]:
     return [j for j in jobs if out not in j.path.resolve().parents]
 
 
-def _is_console_handler(h: logging.Handler) -> bool:
-    return isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
-
-
-@contextmanager
-def _log_above_bars() -> Iterator[None]:
-    """While the progress bars run, a plain console handler of the root logger writes through tqdm
-    (above the bars). The CLI's one handler (`cli.common.TqdmHandler`) does so already: left as it is,
-    and no second handler is added (every line once)."""
-    if any(_is_console_handler(h) for h in logging.root.handlers):
-        with logging_redirect_tqdm():
-            yield
-    else:
-        yield
-
-
-def _plan(jobs: Sequence[ImageJob], pipeline, scale, pool: ThreadPoolExecutor, progress: bool) -> dict:
+def _plan(jobs: Sequence[ImageJob], pipeline, scale, pool: ThreadPoolExecutor, progress: bool,
+          read: Callable[[Path], np.ndarray]) -> dict:
     """{path: ScaleChoice} of every input for the modes that pool a folder's fields, else {}."""
     def measure_all(fn, paths):
         return tqdm(pool.map(fn, paths), total=len(paths), unit="img", desc="scale", leave=False,
                     disable=not progress or None)
 
-    return plan_for(pipeline, [j.path for j in jobs], scale, map_fn=measure_all)
+    return plan_for(pipeline, [j.path for j in jobs], scale, map_fn=measure_all, read=read)
 
 
 def rebuild_aggregates(out_dir: Path, jobs: Sequence[ImageJob], pipeline, summary: BatchSummary, *,

@@ -32,9 +32,12 @@ def folder_group(path: Path, shape: Sequence[int]) -> tuple:
 
 
 def measure_field(path: Path, estimate: Callable[[np.ndarray], float | None],
-             transform: Callable[[np.ndarray], np.ndarray] | None) -> tuple[float | None, tuple[int, int]] | None:
+                  transform: Callable[[np.ndarray], np.ndarray] | None, *,
+                  read: Callable[[Path], np.ndarray] = read_image) -> tuple[float | None, tuple[int, int]] | None:
+    """(own red-cell diameter or None, (height, width)) of the field at `path` (decoded by `read`), or None
+    when it cannot be read."""
     try:
-        rgb = read_image(path)
+        rgb = read(path)
         if transform is not None:
             rgb = transform(rgb)
         return estimate(rgb), rgb.shape[:2]
@@ -45,15 +48,17 @@ def measure_field(path: Path, estimate: Callable[[np.ndarray], float | None],
 
 def plan_scales(paths: Sequence[Path], estimate: Callable[[np.ndarray], float | None], mode: str = "auto", *,
                 transform: Callable[[np.ndarray], np.ndarray] | None = None,
-                map_fn: Callable[..., Iterable] = map) -> dict[Path, ScaleChoice]:
+                map_fn: Callable[..., Iterable] = map,
+                read: Callable[[Path], np.ndarray] = read_image) -> dict[Path, ScaleChoice]:
     """{path: ScaleChoice} for every readable image of `paths` (`mode`: see `choose_diameters`), except,
     in the modes that pool, the fields of groups with too few estimates for a consensus.
 
     `estimate(rgb)` gives a field's own red-cell diameter in original pixels (or None); `transform` is
     applied to each image first (e.g. `evaluate --rescale`); `map_fn` runs the measurements (a thread
-    pool's `map` runs them in parallel)."""
+    pool's `map` runs them in parallel); `read` decodes a field (`inference.decoded.DecodedCache.read`
+    keeps it for the analysis)."""
     paths = [Path(p) for p in paths]
-    measured = list(map_fn(lambda p: measure_field(p, estimate, transform), paths))
+    measured = list(map_fn(lambda p: measure_field(p, estimate, transform, read=read), paths))
     keep = [(p, m) for p, m in zip(paths, measured) if m is not None]
     return pool_scales([p for p, _ in keep], [m[0] for _, m in keep], [m[1] for _, m in keep], mode)
 
@@ -82,7 +87,8 @@ def pool_scales(paths: Sequence[Path], estimates: Sequence[float | None], shapes
 
 def plan_for(pipeline, paths: Sequence[Path], scale=None, *,
              transform: Callable[[np.ndarray], np.ndarray] | None = None,
-             map_fn: Callable[..., Iterable] = map) -> dict[Path, ScaleChoice]:
+             map_fn: Callable[..., Iterable] = map,
+             read: Callable[[Path], np.ndarray] = read_image) -> dict[Path, ScaleChoice]:
     """`plan_scales` for a pipeline run: {} unless the scale (None: the pipeline config's) is a mode that
     pools a folder's fields ("auto", "folder") and the pipeline measures red cells (`estimate_rbc`)."""
     if scale is None:
@@ -92,4 +98,4 @@ def plan_for(pipeline, paths: Sequence[Path], scale=None, *,
         return {}
     if len(paths) < CONSENSUS_MIN_FIELDS:  # no group can reach a consensus: nothing to measure ahead
         return {}
-    return plan_scales(paths, pipeline.estimate_rbc, mode, transform=transform, map_fn=map_fn)
+    return plan_scales(paths, pipeline.estimate_rbc, mode, transform=transform, map_fn=map_fn, read=read)
