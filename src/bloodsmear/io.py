@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import struct
-import tempfile
+import threading
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,27 +98,29 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise InputError(path, f"not a readable image ({e.__class__.__name__})") from e
 
 
+_tmp_counter = itertools.count()
+
+
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in dest's folder; on success it replaces `dest` in one rename."""
+    """Yield a new temporary path in dest's folder (`.<name>.<pid>-<thread>-<n>.part<suffix>`, created
+    empty with the usual mode, umask applied); on success it replaces `dest` in one rename."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + dest.suffix, dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    while True:  # a name no other process, thread or earlier call uses; a stale file of that name: the next
+        tag = f"{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}"
+        tmp_path = dest.parent / f".{dest.name}.{tag}.part{dest.suffix}"
+        try:
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text_atomic(dest: str | Path, text: str) -> Path:
