@@ -214,9 +214,13 @@ def test_bench_analyze_reports_both_pipelines(smears, monkeypatch):
     monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, cfg=None: make_pipeline(scale=20)))
     d = bench.bench_analyze(smears, limit=3, compare="maskrcnn")
     assert d["n_fields"] == 3 and d["maskrcnn_n_fields"] == 3 and d["n_cells"] == d["maskrcnn_n_cells"] == 3
-    for k in ("fields_per_s", "maskrcnn_fields_per_s", "ratio", "peak_rss_mb", "ms_per_field"):
+    for k in ("fields_per_s", "maskrcnn_fields_per_s", "ratio", "peak_rss_mb", "ms_per_field", "cpu_ms_per_field"):
         assert d[k] > 0, k
-    assert set(d["stage_ms"]) >= {"segment", "classify"}
+    assert set(d["stage_ms"]) >= {"segment", "classify"} and d["backend"] == "torch"
+    seen = []  # --backend goes over the timed pipeline's config
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, cfg=None: seen.append(cfg) or make_pipeline(scale=20)))
+    assert bench.bench_analyze(smears, limit=2, compare=None, backend="onnx")["backend"] == "onnx"
+    assert seen[0].backend == "onnx"
     photo = bench.synthetic_photo(make_field(640, 480, ONE))
     assert photo.shape == (3024, 4032, 3) and photo.dtype == np.uint8
     assert bench.synthetic_photo().shape == (3024, 4032, 3)

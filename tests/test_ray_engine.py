@@ -126,6 +126,89 @@ def test_an_actor_killed_mid_run_loses_no_image_and_counts_none_twice(ray_local,
     assert sorted(names) == sorted(set(names)) == ["f0.png", "f1.png", "f2.png", "f3.png", "f4.png", "sub/g.jpg"]
 
 
+def test_the_scale_pass_is_shared_by_the_driver_and_the_actors(ray_local, fields, tmp_path, monkeypatch):
+    import time
+
+    from bloodsmear.inference import ray_engine
+
+    monkeypatch.setattr(ray_engine, "SCALE_CHUNK", 1)  # one field per piece (the driver cuts them)
+    driver = make_pipeline()
+    calls = []
+    real = driver.estimate_rbc
+    driver.estimate_rbc = lambda rgb: calls.append(1) or time.sleep(3) or real(rgb)  # a slow driver
+    stats: dict = {}
+    s = ray_engine.analyze_ray([fields], tmp_path / "ray", driver, factory=partial(make_pipeline), workers=1,
+                               progress=False, batch_images=2, stats=stats)  # 1 driver thread, 1 actor
+    assert 0 < len(calls) < 6  # the actor, once up, measured some of the 6 readable fields
+    loc = analyze([fields], tmp_path / "local", make_pipeline(), progress=False, workers=1, batch_images=2)
+    assert s.n_analysed == 6 and loc.n_cells == s.n_cells
+    assert _close(_records(tmp_path / "ray"), _records(tmp_path / "local"))  # the same plan, the same results
+    assert sum(a[2] for a in stats["actor_spans"].values()) == 7
+    rate, startup = ray_engine.steady_rate(stats)
+    assert rate > 0 and 0 < startup < stats["analyse_s"] and stats["scale_s"] > 0
+
+
+class _Call:
+    def __init__(self, fn):
+        self.remote = fn
+
+
+def test_pieces_of_the_scale_pass_not_returned_are_measured_by_the_driver():
+    from types import SimpleNamespace
+
+    from bloodsmear.inference import ray_engine
+
+    paths = [Path(f"p{i}") for i in range(ray_engine.SCALE_CHUNK * 2 + 3)]  # 3 pieces
+    theirs = {1: [[float(i), [3, 4]] for i in range(ray_engine.SCALE_CHUNK)]}  # an actor returned piece 1 only
+    holder = SimpleNamespace(offer=_Call(lambda pieces: None), claim=_Call(lambda: None),  # all claimed
+                             measured=_Call(lambda: theirs))
+    got = ray_engine._shared_map(SimpleNamespace(get=lambda x: x), holder, 2)(lambda p: ("mine", p), paths)
+    n = ray_engine.SCALE_CHUNK
+    assert got[:n] == [("mine", p) for p in paths[:n]] and got[2 * n:] == [("mine", p) for p in paths[2 * n:]]
+    assert got[n:2 * n] == [(float(i), (3, 4)) for i in range(n)]
+
+
+def test_a_failing_scale_pass_fails_the_run_with_its_own_error(ray_local, fields, tmp_path, monkeypatch):
+    from bloodsmear.inference import ray_engine
+
+    def boom(*a, **kw):
+        raise BloodsmearError("scale pass boom")
+
+    monkeypatch.setattr(ray_engine, "plan_for", boom)
+    with pytest.raises(BloodsmearError, match="scale pass boom"):  # and the actors do not wait for ever
+        _ray_analyze([fields], tmp_path / "out", partial(make_pipeline))
+
+
+def _threads_pipeline(folder: str):
+    """A fake pipeline that notes the torch threads its process computes with."""
+    import torch
+
+    Path(folder, f"{os.getpid()}.txt").write_text(str(torch.get_num_threads()))
+    return make_pipeline()
+
+
+def test_actors_compute_with_as_many_threads_as_their_cpus(ray_local, fields, tmp_path):
+    (tmp_path / "threads").mkdir()
+    from bloodsmear.inference.ray_engine import analyze_ray
+
+    factory = partial(_threads_pipeline, str(tmp_path / "threads"))  # 1 actor on a 2-core machine: still 1 thread
+    analyze_ray([fields], tmp_path / "out", factory(), factory=factory, workers=1, progress=False, scale=20)
+    seen = [p.read_text() for p in (tmp_path / "threads").glob("*.txt") if p.stem != str(os.getpid())]
+    assert seen and set(seen) == {"1"}  # 1 Ray CPU each (the default): 1 thread, not the machine's cores
+
+
+def test_steady_rate_and_the_run_size_within_15_percent():
+    from bloodsmear.experiments.bench_analyze import fields_within
+    from bloodsmear.inference.ray_engine import steady_rate
+
+    rate, startup = steady_rate({"wall_start": 95.0, "actor_spans": {1: [100.0, 110.0, 80], 2: [102.0, 110.0, 80]}})
+    assert rate == pytest.approx(18.0) and startup == pytest.approx(5.0)
+    assert steady_rate({"wall_start": 0.0, "actor_spans": {}}) == (None, None)
+    # 10 s fixed + 200 fields at 20/s against a local 20/s: within 15 % from 10 / (1.15/20 - 1/20) fields
+    assert fields_within(20.0, 20.0, 200, 20.0) == pytest.approx(10 / 0.0075)
+    assert fields_within(20.0, 20.0, 200, 17.0) is None  # steady more than 15 % slower: never
+
+
 def test_engine_ray_without_ray_names_the_extra(monkeypatch, fields, tmp_path):
     from bloodsmear.cli.main import app
     from bloodsmear.inference import ray_engine

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from bloodsmear.cli.common import App, TTA_HELP, emit_json, print_table, tta_option
@@ -20,6 +22,7 @@ from bloodsmear.experiments.lodo_config import load_lodo_config
 from bloodsmear.experiments.rescore import rescore_domains
 from bloodsmear.experiments.risk_coverage import bench_risk_coverage
 from bloodsmear.inference.batch import WORKERS_HELP
+from bloodsmear.inference.onnx_backend import check_backend
 from bloodsmear.preprocess.crop_batch import bench_crop
 from bloodsmear.review.bench import bench_review
 
@@ -44,25 +47,35 @@ def bench_analyze_cmd(
     engine: str = typer.Option("local", "--engine", help="local: the pipelines compared; ray: the local and the "
                                "Ray engine side by side for 1..--workers workers (default 2), fresh processes."),
     rounds: int = typer.Option(1, "--rounds", help="With --engine ray: runs of each (interleaved; median kept)."),
+    threads: int = typer.Option(1, "--threads-per-worker", help="With --engine ray: torch threads per worker of "
+                                "both engines (Ray: CPUs per actor)."),
+    repeat: int = typer.Option(1, "--repeat", help="With --engine ray: the fields K times, uniquely named (a "
+                               "larger run: how Ray's fixed start amortises)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnx: how the timed pipeline's networks "
+                                          "run (default: its config's; onnx needs bloodsmear[onnx])."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as one JSON object (last line)."),
 ) -> None:
     """End-to-end fields/s of the default pipeline and the Mask R-CNN pipeline on the same fields."""
+    if backend is not None and engine == "ray":
+        raise typer.BadParameter("--backend is for --engine local")
     if engine not in ("local", "ray"):
         raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
     if engine == "ray":
         d = bench_engines(images_dir, limit=limit, pipeline=pipeline, max_workers=workers or 2, overlays=overlays,
-                          scale=scale, rounds=rounds)
-        cols = ["engine", "workers", "fields_per_s", "ms_per_field", "peak_rss_mb", "overhead_pct",
-                "steady_fields_per_s", "steady_overhead_pct", "first_group_s", "scale_pass_s"]
+                          scale=scale, rounds=rounds, threads=threads, repeat=repeat)
+        cols = ["engine", "workers", "threads", "fields_per_s", "steady_fields_per_s", "startup_s", "ray_init_s",
+                "scale_pass_s", "ms_per_field", "peak_rss_mb", "overhead_pct", "steady_overhead_pct", "fields_15pct"]
         print_table(f"bench analyze --engine ray ({d['n_fields']} fields)", cols,
-                    [[(round(r[c], 1) if isinstance(r.get(c), float) else r.get(c, "")) for c in cols]
+                    [[(round(r[c], 1) if isinstance(r.get(c), float) else ("" if r.get(c) is None else r[c]))
+                      for c in cols]
                      for r in d["rows"]])
         if json_out:
             emit_json(d)
         return
     d = bench_analyze(images_dir, limit=limit, pipeline=pipeline, compare=compare or None,
                       compare_limit=compare_limit, photo=photo, overlays=overlays,
-                      workers=workers, photo_source=photo_source, scale=scale)
+                      workers=workers, photo_source=photo_source, scale=scale,
+                      backend=backend and check_backend(backend, "--backend"))
     print_table("bench analyze", ["figure", "value"], [(k, v) for k, v in d.items() if not isinstance(v, dict)])
     if json_out:
         emit_json(d)

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from bloodsmear.errors import InputError
-from bloodsmear.inference.batch import analyze, collect_images, default_workers
+from bloodsmear.inference.batch import ImageJob, analyze, collect_images, default_workers
 from bloodsmear.inference.pipeline import Pipeline
-from bloodsmear.inference.ray_engine import analyze_ray, import_ray
+from bloodsmear.inference.pipeline_config import PipelineConfig
+from bloodsmear.inference.ray_engine import analyze_ray, import_ray, steady_rate
 from bloodsmear.io import read_image, write_image_atomic
 
 log = logging.getLogger(__name__)
@@ -49,25 +50,38 @@ class PipelineTiming:
     load_s: float
     peak_rss_mb: float  # process peak after this pipeline ran (the first pipeline's is its own)
     stage_ms: dict
+    cpu_ms_per_field: float = float("nan")  # the process's user + system CPU during `analyze`, per field
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def time_pipeline(config: str, files: Sequence[Path], *, overlays: bool = True,
-                  workers: int | None = None, scale: str | float | None = None) -> PipelineTiming:
-    """Load a pipeline, warm it up on one field, then time `analyze` over `files` into a temp folder."""
+                  workers: int | None = None, scale: str | float | None = None,
+                  backend: str | None = None) -> PipelineTiming:
+    """Load a pipeline (`backend`: torch or onnx over the config's), warm it up on one field, then time
+    `analyze` over `files` into a temp folder (wall and CPU time)."""
     t0 = time.perf_counter()
-    pipe = Pipeline.from_config(config)
+    pipe = Pipeline.from_config(PipelineConfig.load(config).updated(backend=backend) if backend else config)
     load_s = time.perf_counter() - t0
     jobs = collect_images(files)
 
     pipe.run(read_image(jobs[0].path), "warm-up")
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         s = analyze(files, tmp, pipe, overlays=overlays, progress=False, workers=workers, scale=scale)
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         stage = _stage_ms(Path(tmp))
     n = s.n_analysed
     return PipelineTiming(config, n, secs, n / secs if secs else float("nan"), 1000 * secs / max(n, 1), s.n_cells,
-                          load_s, peak_rss_mb(), stage)
+                          load_s, peak_rss_mb(), stage, 1000 * cpu / max(n, 1))
+
+
+def pipe_backend(config: str) -> str:
+    return PipelineConfig.load(config).backend
 
 
 def _stage_ms(out_dir: Path) -> dict:
@@ -124,8 +138,9 @@ def bench_photo(config: str, source: np.ndarray | None = None, *, repeats: int =
 def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline: str = "default",
                   compare: str | None = "maskrcnn", compare_limit: int | None = None, photo: bool = False,
                   overlays: bool = True, workers: int | None = None, photo_source: str | Path | None = None,
-                  scale: str | float | None = None) -> dict:
-    """Figures: `fields_per_s`, `ms_per_field`, `peak_rss_mb` of `pipeline`; `maskrcnn_fields_per_s`,
+                  scale: str | float | None = None, backend: str | None = None) -> dict:
+    """Figures: `fields_per_s`, `ms_per_field`, `cpu_ms_per_field` (the process's CPU time per field:
+    steadier than fields/s on a shared machine), `peak_rss_mb` of `pipeline` (`backend`: over its config's); `maskrcnn_fields_per_s`,
     `maskrcnn_ms_per_field`, `maskrcnn_peak_rss_mb` and `ratio` (speed-up) when `compare`; with `photo`,
     `photo_s` and `photo_peak_rss_mb` of a synthetic 4032x3024 photo made from `photo_source` (default:
     the first field) enlarged 3.5x and tiled 2x2. `scale`: as `analyze --scale` (None: the configs')."""
@@ -141,8 +156,9 @@ def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline:
     if photo:  # first, so the fresh process's memory is not confused with this one's
 
         photo_res = bench_photo(pipeline, read_image(photo_source or files[0]))
-    d = time_pipeline(pipeline, files, overlays=overlays, workers=workers, scale=scale)
-    out.update({"pipeline": pipeline, "fields_per_s": d.fields_per_s, "ms_per_field": d.ms_per_field,
+    d = time_pipeline(pipeline, files, overlays=overlays, workers=workers, scale=scale, backend=backend)
+    out.update({"pipeline": pipeline, "backend": backend or pipe_backend(pipeline), "fields_per_s": d.fields_per_s,
+                "ms_per_field": d.ms_per_field, "cpu_ms_per_field": d.cpu_ms_per_field,
                 "peak_rss_mb": d.peak_rss_mb, "n_cells": d.n_cells, "stage_ms": d.stage_ms, "load_s": d.load_s})
     if compare and compare_limit != 0:  # --compare-limit 0: no comparison
         cfiles = files[:compare_limit] if compare_limit else files
@@ -157,59 +173,81 @@ def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline:
     return out
 
 
-def _engine_worker(engine: str, config: str, files: list[str], workers: int, overlays: bool, scale) -> dict:
+def _engine_worker(engine: str, config: str, jobs: list[ImageJob], workers: int, threads: int, overlays: bool,
+                   scale) -> dict:
     """In a fresh process: load and warm the pipeline, then time one `analyze` run of `engine` with
-    `workers` (a local Ray of `workers` CPUs, started before the clock starts, as a cluster is up)."""
+    `workers` of `threads` torch threads each (Ray: a local Ray of workers x threads CPUs, started before
+    the clock starts, as a cluster is up; actors of `threads` CPUs)."""
     pipe = Pipeline.from_config(config)
-    pipe.run(read_image(files[0]), "warm-up")
+    pipe.run(read_image(jobs[0].path), "warm-up")
     stats: dict = {}
+    files = [j.path for j in jobs]
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         if engine == "ray":
             ray = import_ray()
             t0 = time.perf_counter()
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
-            stats["ray_init_s"] = time.perf_counter() - t0
+            ray.init(num_cpus=workers * threads, include_dashboard=False, logging_level=logging.WARNING)
+            ray_init_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            s = analyze_ray(files, tmp, pipe, workers=workers, overlays=overlays, scale=scale, progress=False,
-                            stats=stats)
+            s = analyze_ray(files, tmp, pipe, workers=workers, cpus_per_worker=threads, threads=threads,
+                            overlays=overlays, scale=scale, progress=False, stats=stats, jobs=jobs)
             secs = time.perf_counter() - t0
             ray.shutdown()
         else:
             t0 = time.perf_counter()
-            s = analyze(files, tmp, pipe, workers=workers, overlays=overlays, scale=scale, progress=False)
+            s = analyze(files, tmp, pipe, workers=workers, threads=threads, overlays=overlays, scale=scale,
+                        progress=False, jobs=jobs)
             secs = time.perf_counter() - t0
     n = s.n_analysed
-    out = {"engine": engine, "workers": workers, "n_fields": n, "seconds": secs, "fields_per_s": n / secs,
-           "ms_per_field": 1000 * secs / max(n, 1), "peak_rss_mb": peak_rss_mb()}
+    out = {"engine": engine, "workers": workers, "threads": threads, "n_fields": n, "seconds": secs,
+           "fields_per_s": n / secs, "ms_per_field": 1000 * secs / max(n, 1), "peak_rss_mb": peak_rss_mb()}
     if engine == "ray":
         actors = stats.get("worker_peak_rss_mb", {})
-        rest = stats["analyse_s"] - stats["first_s"]  # once the actors are up: the steady rate
+        steady, startup = steady_rate(stats)
         out.update({"driver_rss_mb": out["peak_rss_mb"], "actors_rss_mb": sum(actors.values()),
-                    "peak_rss_mb": out["peak_rss_mb"] + sum(actors.values()), "ray_init_s": stats["ray_init_s"],
-                    "scale_pass_s": stats.get("scale_s", 0.0), "first_group_s": stats["first_s"],
-                    "steady_fields_per_s": (n - stats["first_n"]) / rest if rest > 0 else None})
+                    "peak_rss_mb": out["peak_rss_mb"] + sum(actors.values()), "ray_init_s": ray_init_s,
+                    "scale_pass_s": stats.get("scale_s", 0.0), "startup_s": startup,
+                    "first_group_s": stats["first_s"], "steady_fields_per_s": steady,
+                    "actor_load_begin_s": min(a[3] for a in stats["actor_spans"].values()) - stats["wall_start"],
+                    "actor_load_s": max(a[4] - a[3] for a in stats["actor_spans"].values())})
     return out
+
+
+def fields_within(local_fps: float, ray_seconds: float, n: int, steady_fps: float | None,
+                  pct: float = 15.0) -> float | None:
+    """Fields from which a Ray run, modelled as a fixed start (its measured time less `n` fields at its
+    steady rate) plus the steady rate, is within `pct` % of the local engine's time end to end; None when
+    the steady rate itself is more than `pct` % slower."""
+    if not steady_fps or steady_fps <= 0:
+        return None
+    fixed = max(0.0, ray_seconds - n / steady_fps)
+    margin = (1 + pct / 100) / local_fps - 1 / steady_fps  # seconds per field to spare
+    return fixed / margin if margin > 0 else None
 
 
 def bench_engines(images_dir: str | Path, *, limit: int | None = None, pipeline: str = "default",
                   max_workers: int = 2, overlays: bool = True, scale: str | float | None = None,
-                  rounds: int = 1) -> dict:
-    """The local and the Ray engine on the same fields for 1..`max_workers` workers, interleaved (local,
-    ray, local, ray, ... `rounds` times; the median run of each kept), each in a fresh process: fields/s,
-    ms per field, peak RSS (Ray: the driver's plus its actors'), and the Ray engine's overhead over the
-    local one (`overhead_pct`: end to end, actors' start included; `steady_overhead_pct`: once they are up)."""
+                  rounds: int = 1, threads: int = 1, repeat: int = 1) -> dict:
+    """The local and the Ray engine on the same fields for 1..`max_workers` workers of `threads` torch
+    threads each (Ray: actors of `threads` CPUs), interleaved (local, ray, local, ray, ... `rounds` times;
+    the median run of each kept), each in a fresh process: fields/s end to end and (Ray) steady, once the
+    actors are up (`ray_engine.steady_rate`); Ray's start-up (`startup_s`: the call until the first actor
+    begins its first group, with the driver's scale pass and the actors' start in it; `ray_init_s` apart);
+    ms per field, peak RSS (Ray: the driver's plus its actors'), and Ray's overhead over local
+    (`overhead_pct` end to end, `steady_overhead_pct`) with `fields_15pct`, the run size from which Ray's end to end is within 15 % of local (`fields_within`).
+    `repeat`: the first `limit` fields `repeat` times, uniquely named (a larger run)."""
     import_ray()  # one clear line before anything runs when the extra is missing
     jobs = collect_images([images_dir])[:limit] if limit else collect_images([images_dir])
     if not jobs:
         raise InputError(images_dir, "no images found")
-    files = [str(j.path) for j in jobs]
+    jobs = collect_images([j.path for j in jobs] * max(1, repeat)) if repeat > 1 else jobs
     runs: dict[tuple[str, int], list[dict]] = {}
     ctx = mp.get_context("spawn")
     for w in range(1, max(1, max_workers) + 1):
         for _ in range(max(1, rounds)):
             for engine in ("local", "ray"):
                 with ProcessPoolExecutor(1, mp_context=ctx) as ex:
-                    r = ex.submit(_engine_worker, engine, pipeline, files, w, overlays, scale).result()
+                    r = ex.submit(_engine_worker, engine, pipeline, jobs, w, max(1, threads), overlays, scale).result()
                 log.info("%s, %d worker(s): %.1f fields/s", engine, w, r["fields_per_s"])
                 runs.setdefault((engine, w), []).append(r)
     rows = []
@@ -220,6 +258,8 @@ def bench_engines(images_dir: str | Path, *, limit: int | None = None, pipeline:
             row["overhead_pct"] = 100 * (row["seconds"] / loc["seconds"] - 1)
             if row.get("steady_fields_per_s"):
                 row["steady_overhead_pct"] = 100 * (loc["fields_per_s"] / row["steady_fields_per_s"] - 1)
+            row["fields_15pct"] = fields_within(loc["fields_per_s"], row["seconds"], row["n_fields"],
+                                                row.get("steady_fields_per_s"))
         rows.append(row)
-    return {"images_dir": str(images_dir), "n_fields": len(files), "pipeline": pipeline, "rounds": rounds,
-            "rows": rows}
+    return {"images_dir": str(images_dir), "n_fields": len(jobs), "pipeline": pipeline, "rounds": rounds,
+            "threads": threads, "repeat": repeat, "rows": rows}

@@ -254,10 +254,10 @@ def default_workers() -> int:
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scale: str | float | None = None,
             overlays: bool = True, progress: bool = True, workers: int | None = None,
             batch_images: int = BATCH_IMAGES, fresh: bool = False, level: str = "group",
-            jobs: Sequence[ImageJob] | None = None) -> BatchSummary:
+            jobs: Sequence[ImageJob] | None = None, threads: int | None = None) -> BatchSummary:
     """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`:
-    `workers` threads (default: `default_workers()`), each taking `batch_images` images at a time
-    (their cells classified in one batch). `scale`: a mode ("auto", "field", "folder"; None = the
+    `workers` threads (default: `default_workers()`) of `threads` torch threads each (default: the CPU
+    cores shared out), each taking `batch_images` images at a time (their cells classified in one batch). `scale`: a mode ("auto", "field", "folder"; None = the
     pipeline config's) or a red-cell diameter in pixels; with "auto" and "folder" every input's red
     cells are measured first and pooled per folder (`inference.scale_plan`).
 
@@ -274,7 +274,7 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
     workers = max(1, int(workers or default_workers()))
     groups = groups_of(todo, batch_images)
     done_fn = output_writer(out_dir, pipeline, overlays)
-    threads = max(1, (os.cpu_count() or 1) // min(workers, max(1, len(groups))))
+    threads = max(1, int(threads or (os.cpu_count() or 1) // min(workers, max(1, len(groups)))))
     bar = tqdm(total=len(todo), unit="img", desc="analyze", disable=not progress or None)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="analyze")
     decoded = DecodedCache([j.path for j in todo])  # the scale pass's decoded fields, for the analysis
