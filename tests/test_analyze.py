@@ -218,7 +218,8 @@ def test_bench_analyze_reports_both_pipelines(smears, monkeypatch):
         assert d[k] > 0, k
     assert set(d["stage_ms"]) >= {"segment", "classify"} and d["backend"] == "torch"
     seen = []  # --backend goes over the timed pipeline's config
-    monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, cfg=None: seen.append(cfg) or make_pipeline(scale=20)))
+    monkeypatch.setattr(Pipeline, "from_config",
+                        classmethod(lambda cls, cfg=None: seen.append(cfg) or make_pipeline(scale=20)))
     assert bench.bench_analyze(smears, limit=2, compare=None, backend="onnx")["backend"] == "onnx"
     assert seen[0].backend == "onnx"
     photo = bench.synthetic_photo(make_field(640, 480, ONE))

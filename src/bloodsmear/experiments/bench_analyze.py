@@ -140,9 +140,9 @@ def bench_analyze(images_dir: str | Path, *, limit: int | None = None, pipeline:
                   overlays: bool = True, workers: int | None = None, photo_source: str | Path | None = None,
                   scale: str | float | None = None, backend: str | None = None) -> dict:
     """Figures: `fields_per_s`, `ms_per_field`, `cpu_ms_per_field` (the process's CPU time per field:
-    steadier than fields/s on a shared machine), `peak_rss_mb` of `pipeline` (`backend`: over its config's); `maskrcnn_fields_per_s`,
-    `maskrcnn_ms_per_field`, `maskrcnn_peak_rss_mb` and `ratio` (speed-up) when `compare`; with `photo`,
-    `photo_s` and `photo_peak_rss_mb` of a synthetic 4032x3024 photo made from `photo_source` (default:
+    steadier than fields/s on a shared machine), `peak_rss_mb` of `pipeline` (`backend`: over its
+    config's); `maskrcnn_fields_per_s`, `maskrcnn_ms_per_field`, `maskrcnn_peak_rss_mb` and `ratio`
+    (speed-up) when `compare`; with `photo`, `photo_s` and `photo_peak_rss_mb` of a synthetic 4032x3024 photo made from `photo_source` (default:
     the first field) enlarged 3.5x and tiled 2x2. `scale`: as `analyze --scale` (None: the configs')."""
     jobs = collect_images([images_dir])
     if limit:
@@ -234,7 +234,8 @@ def bench_engines(images_dir: str | Path, *, limit: int | None = None, pipeline:
     actors are up (`ray_engine.steady_rate`); Ray's start-up (`startup_s`: the call until the first actor
     begins its first group, with the driver's scale pass and the actors' start in it; `ray_init_s` apart);
     ms per field, peak RSS (Ray: the driver's plus its actors'), and Ray's overhead over local
-    (`overhead_pct` end to end, `steady_overhead_pct`) with `fields_15pct`, the run size from which Ray's end to end is within 15 % of local (`fields_within`).
+    (`overhead_pct` end to end, `steady_overhead_pct`) with `fields_15pct`, the run size from which
+    Ray's end to end is within 15 % of local (`fields_within`).
     `repeat`: the first `limit` fields `repeat` times, uniquely named (a larger run)."""
     import_ray()  # one clear line before anything runs when the extra is missing
     jobs = collect_images([images_dir])[:limit] if limit else collect_images([images_dir])

@@ -257,8 +257,8 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, pipeline, *, scal
             jobs: Sequence[ImageJob] | None = None, threads: int | None = None) -> BatchSummary:
     """Run `pipeline` (a `bloodsmear.inference.pipeline.Pipeline`) over the inputs into `out_dir`:
     `workers` threads (default: `default_workers()`) of `threads` torch threads each (default: the CPU
-    cores shared out), each taking `batch_images` images at a time (their cells classified in one batch). `scale`: a mode ("auto", "field", "folder"; None = the
-    pipeline config's) or a red-cell diameter in pixels; with "auto" and "folder" every input's red
+    cores shared out), each taking `batch_images` images at a time (their cells classified in one
+    batch). `scale`: a mode ("auto", "field", "folder"; None = the pipeline config's) or a red-cell diameter in pixels; with "auto" and "folder" every input's red
     cells are measured first and pooled per folder (`inference.scale_plan`).
 
     Resumes the run `out_dir` holds when it is the same run (`run_identity`), else `RunMismatchError`;
