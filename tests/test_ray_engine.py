@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -126,20 +127,41 @@ def test_an_actor_killed_mid_run_loses_no_image_and_counts_none_twice(ray_local,
     assert sorted(names) == sorted(set(names)) == ["f0.png", "f1.png", "f2.png", "f3.png", "f4.png", "sub/g.jpg"]
 
 
-def test_the_scale_pass_is_shared_by_the_driver_and_the_actors(ray_local, fields, tmp_path, monkeypatch):
-    import time
+def _marking_pipeline(folder: str):
+    """A fake pipeline whose red-cell estimate leaves a file behind: an actor measured a field."""
+    pipe = make_pipeline()
+    real = pipe.estimate_rbc
 
+    def estimate(rgb):
+        Path(folder, f"{os.getpid()}-{time.monotonic_ns()}").touch()
+        return real(rgb)
+
+    pipe.estimate_rbc = estimate
+    return pipe
+
+
+def test_the_scale_pass_is_shared_by_the_driver_and_the_actors(ray_local, fields, tmp_path, monkeypatch):
     from bloodsmear.inference import ray_engine
 
     monkeypatch.setattr(ray_engine, "SCALE_CHUNK", 1)  # one field per piece (the driver cuts them)
+    marks = tmp_path / "marks"
+    marks.mkdir()
     driver = make_pipeline()
     calls = []
     real = driver.estimate_rbc
-    driver.estimate_rbc = lambda rgb: calls.append(1) or time.sleep(3) or real(rgb)  # a slow driver
+
+    def slow(rgb):  # the driver's first field waits (at most 2 min) until the actor, once up, measured one
+        calls.append(1)
+        t_end = time.monotonic() + 120
+        while len(calls) == 1 and not any(marks.iterdir()) and time.monotonic() < t_end:
+            time.sleep(0.1)
+        return real(rgb)
+
+    driver.estimate_rbc = slow
     stats: dict = {}
-    s = ray_engine.analyze_ray([fields], tmp_path / "ray", driver, factory=partial(make_pipeline), workers=1,
-                               progress=False, batch_images=2, stats=stats)  # 1 driver thread, 1 actor
-    assert 0 < len(calls) < 6  # the actor, once up, measured some of the 6 readable fields
+    s = ray_engine.analyze_ray([fields], tmp_path / "ray", driver, factory=partial(_marking_pipeline, str(marks)),
+                               workers=1, progress=False, batch_images=2, stats=stats)  # 1 driver thread, 1 actor
+    assert 0 < len(calls) < 6 and any(marks.iterdir())  # the actor measured some of the 6 readable fields
     loc = analyze([fields], tmp_path / "local", make_pipeline(), progress=False, workers=1, batch_images=2)
     assert s.n_analysed == 6 and loc.n_cells == s.n_cells
     assert _close(_records(tmp_path / "ray"), _records(tmp_path / "local"))  # the same plan, the same results
