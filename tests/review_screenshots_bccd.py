@@ -18,8 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from browser_page import CHROMIUM  # tests/ is on the path: pytest's, or this script's own folder
+
 log = logging.getLogger("review_screenshots_bccd")
-CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT = {"width": 1400, "height": 900}
 CASE = "bccd-case"
 

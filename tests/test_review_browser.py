@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser_page import chromium_page
 
 from bloodsmear.data.cvat import read_cvat
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.browser
 
 
@@ -34,18 +34,7 @@ def server(tmp_path):
 
 @pytest.fixture
 def page():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM))
-        pg = browser.new_page(viewport={"width": 1400, "height": 860})
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.errors = errors
-        yield pg
-        browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    yield from chromium_page({"width": 1400, "height": 860})
 
 
 def _shot(pg, tmp_path: Path, name: str, clip: dict | None = None) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from review_screenshots_bccd import CASE, CHROMIUM, VIEWPORT, analyzed_case
+from browser_page import chromium_page
+from review_screenshots_bccd import CASE, VIEWPORT, analyzed_case
 
 from bloodsmear.errors import BloodsmearError
 
@@ -62,19 +63,7 @@ def bccd_out(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def page():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM))
-        context = browser.new_context(viewport=VIEWPORT)
-        pg = context.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.errors = errors
-        yield pg
-        browser.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    yield from chromium_page(VIEWPORT)
 
 
 def _key_for(cfg: dict, cls: str) -> str:

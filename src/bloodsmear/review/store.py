@@ -258,12 +258,15 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(SlideRow).where(SlideRow.case_id == case_id).order_by(SlideRow.position)))
 
-    def slide(self, slide_id: int) -> SlideRow:
+    def _by_id(self, model, row_id: int, what: str):
         with self.session() as s:
-            row = s.get(SlideRow, slide_id)
+            row = s.get(model, row_id)
         if row is None:
-            raise NotFoundError(f"no slide {slide_id}")
+            raise NotFoundError(f"no {what} {row_id}")
         return row
+
+    def slide(self, slide_id: int) -> SlideRow:
+        return self._by_id(SlideRow, slide_id, "slide")
 
     def cells(self, *, slide_id: int | None = None, case_id: int | None = None) -> list[CellRow]:
         q = select(CellRow)
@@ -281,11 +284,7 @@ class Store:
             return [Tally(*row) for row in s.execute(q)]
 
     def cell(self, cell_id: int) -> CellRow:
-        with self.session() as s:
-            row = s.get(CellRow, cell_id)
-        if row is None:
-            raise NotFoundError(f"no cell {cell_id}")
-        return row
+        return self._by_id(CellRow, cell_id, "cell")
 
     def case_of_slide(self, slide_id: int) -> CaseRow:
         with self.session() as s:
